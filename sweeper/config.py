@@ -1,0 +1,167 @@
+"""Typed schema of every config group, registered in Hydra's ConfigStore, and `validate(cfg)`.
+
+The YAML files under `conf/` are merged into these dataclasses, so a misspelt key or a value of the
+wrong type fails when Hydra composes the config. `validate` then checks what types cannot express
+(ranges, allowed names) and raises `ConfigError` with a one-line message naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from sweeper.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+@dataclass
+class ModelConfig:
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # pre-activation blocks per stage
+    width: int = 64  # channels of stage 1; stages 2-4 have 2x, 4x, 8x
+    num_classes: int = 10  # outputs of the linear head
+
+
+@dataclass
+class DataConfig:
+    # folder holding cifar-10-batches-py/ (relative to the directory the command runs from)
+    root: str = "${oc.env:CIFAR10_ROOT,../shared/datasets/cifar10}"
+    download: bool = False  # fetch CIFAR-10 with torchvision when root has no batches
+    val_size: int = 5000  # images held out of the 50,000 training images for the objective
+    train_size: Optional[int] = None  # cap on training images after the split (null = all)
+    test_size: Optional[int] = None  # cap on test images (null = all 10,000)
+    mean: list[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])  # per channel, 0..1
+    std: list[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])  # per channel, 0..1
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = False  # random horizontal flip, per image
+    pad: int = 0  # zero padding (pixels) added on each side before cropping
+    crop: int = 0  # side of the random crop in pixels (0 = no crop)
+    cutout: int = 0  # side of a random square zeroed after normalization (0 = off)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # peak learning rate (the schedule scales it)
+    momentum: float = 0.9  # SGD momentum; AdamW beta1
+    nesterov: bool = False  # SGD Nesterov momentum
+    weight_decay: float = 5e-4  # applied to conv and linear weights only, never to BN or bias
+    beta2: float = 0.999  # AdamW second-moment decay
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "onecycle"  # constant | step | cosine | onecycle (linear warmup, linear decay)
+    warmup: float = 0.0  # fraction of all steps spent ramping the lr up from 0 (cosine, onecycle)
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of training
+    gamma: float = 0.1  # step: lr factor at each milestone
+    final: float = 0.0  # cosine, onecycle: lr at the end, as a fraction of the peak
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 128  # images per optimizer step
+    device: str = "auto"  # auto | cpu | cuda (auto = cuda when available)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto = bf16 on cuda, fp32 on cpu)
+    channels_last: Optional[bool] = None  # NHWC memory format (null = on for cuda only)
+    compile: Optional[bool] = None  # torch.compile the model (null = on for cuda only)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
+    eval_batch_size: int = 1024  # images per forward pass when evaluating
+    log_every: int = 2000  # print "[epoch, batch] loss" every this many batches (0 = never)
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = False  # record the run in MLflow (tracker not built yet; keys are the contract)
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: sqlite:///file.db or http://host:port
+    experiment: str = "sweeper"  # MLflow experiment name
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0  # seeds weights, the validation split, shuffling and augmentation
+
+
+def register() -> None:
+    """Register the schema as `base_config`; conf/config.yaml lists it first in its defaults."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, key, "allowed values are " + ", ".join(allowed), value)
+
+
+def validate(cfg: Any) -> None:
+    """Check ranges and names that the schema's types cannot; raise ConfigError on the first bad field."""
+    blocks = list(cfg.model.blocks)
+    _require(
+        len(blocks) == 4 and all(isinstance(b, int) and b >= 1 for b in blocks),
+        "model.blocks", "a list of 4 positive ints, e.g. [2,2,2,2]", blocks,
+    )
+    _require(cfg.model.width >= 1, "model.width", "a positive int", cfg.model.width)
+    _require(cfg.model.num_classes >= 2, "model.num_classes", "an int >= 2", cfg.model.num_classes)
+
+    data = cfg.data
+    _require(data.val_size >= 1, "data.val_size", "an int >= 1", data.val_size)
+    for key in ("train_size", "test_size"):
+        size = data[key]
+        _require(size is None or size >= 1, f"data.{key}", "a positive int or null (all)", size)
+    for key in ("mean", "std"):
+        values = list(data[key])
+        _require(len(values) == 3, f"data.{key}", "3 floats, one per channel", values)
+    _require(all(s > 0 for s in data.std), "data.std", "3 positive floats", list(data.std))
+
+    aug = cfg.augment
+    _require(aug.pad >= 0, "augment.pad", "an int >= 0", aug.pad)
+    _require(0 <= aug.crop <= 32 + 2 * aug.pad, "augment.crop",
+             f"0 (off) or a side of at most 32 + 2*augment.pad = {32 + 2 * aug.pad}", aug.crop)
+    _require(aug.pad == 0 or aug.crop > 0, "augment.pad", "0 unless augment.crop is set", aug.pad)
+    _require(0 <= aug.cutout <= 32, "augment.cutout", "an int in 0..32", aug.cutout)
+
+    opt = cfg.optimizer
+    _one_of("optimizer.name", opt.name, OPTIMIZERS)
+    _require(opt.lr > 0, "optimizer.lr", "a float > 0", opt.lr)
+    _require(0 <= opt.momentum < 1, "optimizer.momentum", "a float in [0, 1)", opt.momentum)
+    _require(opt.weight_decay >= 0, "optimizer.weight_decay", "a float >= 0", opt.weight_decay)
+    _require(0 <= opt.beta2 < 1, "optimizer.beta2", "a float in [0, 1)", opt.beta2)
+    _require(not (opt.nesterov and opt.momentum == 0), "optimizer.nesterov",
+             "false when optimizer.momentum is 0", opt.nesterov)
+
+    sched = cfg.schedule
+    _one_of("schedule.name", sched.name, SCHEDULES)
+    _require(0 <= sched.warmup < 1, "schedule.warmup", "a fraction in [0, 1)", sched.warmup)
+    _require(all(0 < m < 1 for m in sched.milestones), "schedule.milestones",
+             "fractions of training in (0, 1)", list(sched.milestones))
+    _require(0 < sched.gamma <= 1, "schedule.gamma", "a float in (0, 1]", sched.gamma)
+    _require(0 <= sched.final <= 1, "schedule.final", "a fraction in [0, 1]", sched.final)
+
+    tr = cfg.trainer
+    _require(tr.epochs >= 1, "trainer.epochs", "an int >= 1", tr.epochs)
+    _require(tr.batch_size >= 1, "trainer.batch_size", "an int >= 1", tr.batch_size)
+    _require(tr.eval_batch_size >= 1, "trainer.eval_batch_size", "an int >= 1", tr.eval_batch_size)
+    _one_of("trainer.device", tr.device, DEVICES)
+    _one_of("trainer.precision", tr.precision, PRECISIONS)
+    _require(0 <= tr.label_smoothing < 1, "trainer.label_smoothing", "a float in [0, 1)",
+             tr.label_smoothing)
+    _require(tr.log_every >= 0, "trainer.log_every", "an int >= 0 (0 = never)", tr.log_every)

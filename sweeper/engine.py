@@ -1,0 +1,270 @@
+"""The shared trainer: `train(cfg, out_dir) -> Result`, and `evaluate`. Knows nothing of Hydra."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sweeper.config import validate
+from sweeper.data import CLASSES, Augment, Split, load_cifar10, normalize, split
+from sweeper.errors import ConfigError
+from sweeper.model import build_model, count_parameters
+from sweeper.schedule import lr_at
+
+log = logging.getLogger(__name__)
+
+# On CUDA, reading the loss back stalls the pipeline, so finiteness is checked every this many steps.
+CUDA_CHECK_EVERY = 25
+
+EpochCallback = Callable[[int, dict], None]
+
+
+@dataclass
+class Result:
+    status: str  # completed | diverged | interrupted | failed
+    val_acc: Optional[float] = None  # accuracy on the held-out validation split, 0..1
+    test_acc: Optional[float] = None
+    test_acc_per_class: dict = field(default_factory=dict)
+    n_params: int = 0
+    epochs_completed: int = 0
+    train_time_s: float = 0.0  # time spent in training steps, evaluation excluded
+    images_per_s: float = 0.0  # training images per second of train_time_s
+    device: str = ""
+    message: str = ""  # why the run stopped early, if it did
+    history: list = field(default_factory=list)  # one dict of metrics per epoch
+
+    @property
+    def objective(self) -> float:
+        """Validation accuracy; 0.0 (the worst value, never NaN) for a run that did not complete."""
+        return self.val_acc if self.status == "completed" and self.val_acc is not None else 0.0
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        for key in ("val_acc", "test_acc", "test_acc_per_class"):
+            out[key.replace("_acc", "/acc", 1)] = out.pop(key)
+        out["objective"] = self.objective
+        return out
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device='cuda' is invalid: no CUDA device is available here; "
+                          "allowed values are auto, cpu")
+    return torch.device(name)
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """SGD or AdamW with weight decay on conv and linear weights only (not on BN or bias)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Split, mean: torch.Tensor, std: torch.Tensor,
+             batch_size: int, amp: Optional[torch.dtype] = None,
+             channels_last: bool = False) -> torch.Tensor:
+    """Predicted class of every image of `data`, in eval mode, in large batches."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    for start in range(0, len(data), batch_size):
+        x = normalize(data.x[start:start + batch_size], mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(x.device, amp):
+            preds.append(model(x).argmax(1))
+    model.train(was_training)
+    return torch.cat(preds)
+
+
+def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    correct = torch.bincount(labels[preds == labels], minlength=len(CLASSES)).float()
+    total = torch.bincount(labels, minlength=len(CLASSES)).float()
+    acc = (correct / total.clamp(min=1)).tolist()
+    return {name: a for name, a, n in zip(CLASSES, acc, total.tolist()) if n > 0}
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write atomically: a reader sees the old file or the whole new one, never half of it."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg, out_dir: Optional[Path] = None, on_epoch: Optional[EpochCallback] = None) -> Result:
+    """Train `cfg.model` on CIFAR-10 as `cfg` says; write `results.json` to `out_dir` if given.
+
+    `on_epoch(epoch, metrics)` is called after every epoch's validation; an exception it raises
+    stops training (the run is recorded with status "failed" unless the exception says otherwise).
+    """
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    log.info("Using device: %s", describe(device))
+    data = load_cifar10(str(cfg.data.root), cfg.data.download)
+    train_set, val_set, test_set = (s.to(device) for s in split(
+        data, cfg.data.val_size, cfg.data.train_size, cfg.data.test_size, cfg.seed))
+    log.info("Data: %d train, %d validation, %d test images", len(train_set), len(val_set),
+             len(test_set))
+
+    tr = cfg.trainer
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    channels_last = tr.channels_last if tr.channels_last is not None else device.type == "cuda"
+    use_compile = tr.compile if tr.compile is not None else device.type == "cuda"
+    amp = autocast_dtype(tr.precision, device)
+    model = build_model(cfg.model).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    result = Result(status="running", n_params=count_parameters(model), device=describe(device))
+    log.info("Model: blocks %s, width %d, %.2fM parameters", list(cfg.model.blocks),
+             cfg.model.width, result.n_params / 1e6)
+    forward = torch.compile(model) if use_compile else model
+    optimizer = build_optimizer(model, cfg.optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    mean = torch.tensor(list(cfg.data.mean), device=device)
+    std = torch.tensor(list(cfg.data.std), device=device)
+    augment = Augment(cfg.augment, mean, std, gen)
+
+    steps_per_epoch = math.ceil(len(train_set) / tr.batch_size)
+    total_steps = steps_per_epoch * tr.epochs
+    check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
+    start = time.perf_counter()
+    try:
+        step = 0
+        for epoch in range(1, tr.epochs + 1):
+            epoch_start = time.perf_counter()
+            perm = torch.randperm(len(train_set), generator=gen, device=device)
+            loss_sum = torch.zeros((), device=device)  # summed over the epoch's batches
+            window = torch.zeros((), device=device)  # summed since the last log line
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            bar = _progress(steps_per_epoch, f"epoch {epoch}/{tr.epochs}")
+            for batch in range(1, steps_per_epoch + 1):
+                idx = perm[(batch - 1) * tr.batch_size: batch * tr.batch_size]
+                x, y = augment(train_set.x[idx]), train_set.y[idx]
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                lr = lr_at(step, total_steps, cfg.optimizer.lr, cfg.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with _autocast(device, amp):
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=tr.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                loss = loss.detach().float()
+                loss_sum += loss
+                window += loss
+                correct += (logits.argmax(1) == y).sum()
+                if (batch % check_every == 0 or batch == steps_per_epoch) \
+                        and not math.isfinite(loss_sum.item()):
+                    raise Diverged(f"training loss became {loss_sum.item()} at epoch {epoch}, batch "
+                                   f"{batch}; try a lower optimizer.lr (now {cfg.optimizer.lr})")
+                if tr.log_every and batch % tr.log_every == 0:
+                    log.info("[%d, %5d] loss: %.3f  (%.0f s)", epoch, batch,
+                             window.item() / tr.log_every, time.perf_counter() - start)
+                    window.zero_()
+                if bar is not None:
+                    bar.update()
+            if bar is not None:
+                bar.close()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_s = time.perf_counter() - epoch_start
+            result.train_time_s += epoch_s
+            val_preds = evaluate(model, val_set, mean, std, tr.eval_batch_size, amp, channels_last)
+            metrics = {
+                "train/loss": loss_sum.item() / steps_per_epoch,
+                "train/acc": correct.item() / len(train_set),
+                "val/acc": (val_preds == val_set.y).float().mean().item(),
+                "lr": lr,
+                "time/epoch_s": epoch_s,
+                "images_per_s": len(train_set) / epoch_s,
+            }
+            result.history.append({"epoch": epoch, **metrics})
+            result.epochs_completed, result.val_acc = epoch, metrics["val/acc"]
+            result.images_per_s = epoch * len(train_set) / result.train_time_s
+            log.info("epoch %d/%d: train/loss %.4f  train/acc %.4f  val/acc %.4f  lr %.4g  "
+                     "(%.1f s, %.0f img/s)", epoch, tr.epochs, metrics["train/loss"],
+                     metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"])
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+    except Diverged as e:
+        log.error("Diverged: %s", e)
+        result.status, result.message, result.val_acc = "diverged", str(e), None
+    except BaseException as e:  # interrupted (Ctrl-C) or failed: record it, then let it propagate
+        result.status = "interrupted" if isinstance(e, KeyboardInterrupt) else getattr(
+            e, "status", "failed")
+        result.message = f"{type(e).__name__}: {e}"
+        _finish(result, out_dir)
+        raise
+
+    if result.status == "running":
+        test_preds = evaluate(model, test_set, mean, std, tr.eval_batch_size, amp, channels_last)
+        result.test_acc = (test_preds == test_set.y).float().mean().item()
+        result.test_acc_per_class = per_class_accuracy(test_preds, test_set.y)
+        result.status = "completed"
+        for name, acc in result.test_acc_per_class.items():
+            log.info("Accuracy of %5s : %5.1f %%", name, 100 * acc)
+        log.info("Accuracy of the network on the %d test images: %.1f %%", len(test_set),
+                 100 * result.test_acc)
+        log.info("Validation accuracy (the objective): %.1f %%", 100 * result.val_acc)
+    _finish(result, out_dir)
+    return result
+
+
+def _finish(result: Result, out_dir: Optional[Path]) -> None:
+    if out_dir is not None:
+        write_json(Path(out_dir) / "results.json", result.to_json())
+
+
+def _progress(total: int, desc: str):
+    """A tqdm bar on stderr when a terminal is attached, else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

@@ -1,0 +1,74 @@
+"""Pre-activation ResNet ("Identity Mappings in Deep Residual Networks", He et al. 2016).
+
+A 3x3 conv stem, four stages of pre-activation blocks at widths w, 2w, 4w, 8w, a final BN-ReLU,
+global average pooling and a linear head. Every block owns its weights (the seed script reused one
+module per stage, so adding blocks added no parameters).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a shortcut.
+
+    When the block changes shape (stride 2 or more channels) the shortcut is a 1x1 conv taken from
+    the pre-activated input, as in the paper; otherwise it is the identity.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = conv3x3(in_ch, out_ch, stride)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.conv2 = conv3x3(out_ch, out_ch)
+        self.projection = None
+        if stride != 1 or in_ch != out_ch:
+            self.projection = nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.projection is None else self.projection(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    def __init__(self, blocks: list[int], width: int = 64, num_classes: int = 10):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = conv3x3(3, width)
+        stages = []
+        in_ch = width
+        for i, (n_blocks, out_ch) in enumerate(zip(blocks, widths)):
+            stride = 1 if i == 0 else 2
+            stage = [PreActBlock(in_ch, out_ch, stride)]
+            stage += [PreActBlock(out_ch, out_ch) for _ in range(n_blocks - 1)]
+            stages.append(nn.Sequential(*stage))
+            in_ch = out_ch
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(in_ch)
+        self.head = nn.Linear(in_ch, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stages(self.stem(x))
+        out = F.relu(self.bn(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # any input size: 28x28 crops work
+        return self.head(out)
+
+
+def build_model(cfg) -> PreActResNet:
+    """The network described by `cfg.model` (blocks per stage, width, classes)."""
+    return PreActResNet(list(cfg.blocks), width=cfg.width, num_classes=cfg.num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
