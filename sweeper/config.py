@@ -8,7 +8,7 @@ wrong type fails when Hydra composes the config. `validate` then checks what typ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -33,8 +33,8 @@ class DataConfig:
     root: str = "${oc.env:CIFAR10_ROOT,../shared/datasets/cifar10}"
     download: bool = False  # fetch CIFAR-10 with torchvision when root has no batches
     val_size: int = 5000  # images held out of the 50,000 training images for the objective
-    train_size: Optional[int] = None  # cap on training images after the split (null = all)
-    test_size: Optional[int] = None  # cap on test images (null = all 10,000)
+    train_size: int | None = None  # cap on training images after the split (null = all)
+    test_size: int | None = None  # cap on test images (null = all 10,000)
     mean: list[float] = field(default_factory=lambda: [0.4914, 0.4822, 0.4465])  # per channel, 0..1
     std: list[float] = field(default_factory=lambda: [0.2470, 0.2435, 0.2616])  # per channel, 0..1
 
@@ -72,8 +72,8 @@ class TrainerConfig:
     batch_size: int = 128  # images per optimizer step
     device: str = "auto"  # auto | cpu | cuda (auto = cuda when available)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto = bf16 on cuda, fp32 on cpu)
-    channels_last: Optional[bool] = None  # NHWC memory format (null = on for cuda only)
-    compile: Optional[bool] = None  # torch.compile the model (null = on for cuda only)
+    channels_last: bool | None = None  # NHWC memory format (null = on for cuda only)
+    compile: bool | None = None  # torch.compile the model (null = on for cuda only)
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
     eval_batch_size: int = 1024  # images per forward pass when evaluating
     log_every: int = 2000  # print "[epoch, batch] loss" every this many batches (0 = never)
@@ -100,7 +100,7 @@ class Config:
 
 def register() -> None:
     """Register the schema as `base_config`; conf/config.yaml lists it first in its defaults."""
-    ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(name="base_config", node=Config, replace=True)
 
 
 def _require(ok: bool, key: str, allowed: str, value: Any) -> None:

@@ -9,9 +9,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,8 @@ EpochCallback = Callable[[int, dict], None]
 @dataclass
 class Result:
     status: str  # completed | diverged | interrupted | failed
-    val_acc: Optional[float] = None  # accuracy on the held-out validation split, 0..1
-    test_acc: Optional[float] = None
+    val_acc: float | None = None  # accuracy on the held-out validation split, 0..1
+    test_acc: float | None = None
     test_acc_per_class: dict = field(default_factory=dict)
     n_params: int = 0
     epochs_completed: int = 0
@@ -88,13 +88,13 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2))
 
 
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -102,7 +102,7 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Split, mean: torch.Tensor, std: torch.Tensor,
-             batch_size: int, amp: Optional[torch.dtype] = None,
+             batch_size: int, amp: torch.dtype | None = None,
              channels_last: bool = False) -> torch.Tensor:
     """Predicted class of every image of `data`, in eval mode, in large batches."""
     was_training = model.training
@@ -132,7 +132,7 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg, out_dir: Optional[Path] = None, on_epoch: Optional[EpochCallback] = None) -> Result:
+def train(cfg, out_dir: Path | None = None, on_epoch: EpochCallback | None = None) -> Result:
     """Train `cfg.model` on CIFAR-10 as `cfg` says; write `results.json` to `out_dir` if given.
 
     `on_epoch(epoch, metrics)` is called after every epoch's validation; an exception it raises
@@ -256,7 +256,7 @@ def train(cfg, out_dir: Optional[Path] = None, on_epoch: Optional[EpochCallback]
     return result
 
 
-def _finish(result: Result, out_dir: Optional[Path]) -> None:
+def _finish(result: Result, out_dir: Path | None) -> None:
     if out_dir is not None:
         write_json(Path(out_dir) / "results.json", result.to_json())
 

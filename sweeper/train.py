@@ -40,6 +40,9 @@ def main(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         print("interrupted: results.json says status: interrupted", file=sys.stderr)
         sys.exit(130)
+    if result.status == "diverged" and hydra_cfg.mode != RunMode.MULTIRUN:
+        print(f"error: diverged: {result.message}", file=sys.stderr)
+        sys.exit(3)
     return result.objective
 
 

@@ -1,0 +1,36 @@
+# sweeper: `make help` lists the targets. Every target runs inside .venv, created on first use.
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/datasets/cifar10
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(VENV)/installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/installed ## create .venv and install the project with its test tools
+
+test: $(VENV)/installed ## run the fast test suite (synthetic data, CPU, about 2 minutes)
+	$(PY) -m pytest
+
+test-all: $(VENV)/installed ## run every test, slow ones included
+	$(PY) -m pytest -m ""
+
+lint: $(VENV)/installed ## check style with ruff
+	$(VENV)/bin/ruff check sweeper tests
+
+smoke: $(VENV)/installed ## train the smoke preset on real CIFAR-10 (under a minute on 2 CPU cores)
+	$(PY) -m sweeper.train experiment=smoke data.root=$(DATA)
+
+train: $(VENV)/installed ## train the default model (pre-act ResNet-18) on real CIFAR-10
+	$(PY) -m sweeper.train data.root=$(DATA)
+
+clean: ## remove run outputs and caches (keeps .venv and mlflow.db)
+	rm -rf outputs multirun .pytest_cache .ruff_cache
+
+.PHONY: help install test test-all lint smoke train clean

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny synthetic CIFAR-10 in the canonical on-disk format, and composed configs."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from sweeper.config import register
+from sweeper.data import FOLDER, TEST_FILE, TRAIN_FILES
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+TRAIN_PER_BATCH = 60  # 300 training images in all
+TEST_IMAGES = 100
+
+register()
+
+
+def synthetic_batch(n: int, palette: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
+    """n images whose class shows in their colour (so a tiny model can learn it), plus pixel noise."""
+    labels = rng.permutation(np.arange(n) % 10)
+    noise = rng.integers(-40, 41, size=(n, 3, 32, 32))
+    images = np.clip(palette[labels][:, :, None, None] + noise, 0, 255).astype(np.uint8)
+    return images.reshape(n, -1), labels.tolist()
+
+
+def write_batch(path: Path, data: np.ndarray, labels: list[int]) -> None:
+    """Write one batch as the canonical files are: a pickled dict with bytes keys."""
+    batch = {b"batch_label": path.name.encode(), b"labels": labels, b"data": data,
+             b"filenames": [f"{i}.png".encode() for i in range(len(labels))]}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def make_cifar(root: Path, seed: int = 0) -> Path:
+    """Write cifar-10-batches-py/ under root: 5 training batches and a test batch, same class colours."""
+    folder = root / FOLDER
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, size=(10, 3))
+    for name in TRAIN_FILES:
+        write_batch(folder / name, *synthetic_batch(TRAIN_PER_BATCH, palette, rng))
+    write_batch(folder / TEST_FILE, *synthetic_batch(TEST_IMAGES, palette, rng))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """A data.root holding cifar-10-batches-py/ with 300 training and 100 test images."""
+    return make_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+# Overrides that make any config train in about a second on a CPU against the synthetic data.
+TINY = ["model=tiny", "model.width=4", "data.val_size=50", "trainer.epochs=2",
+        "trainer.batch_size=32", "trainer.device=cpu", "trainer.log_every=0"]
+
+
+def compose_cfg(overrides: list[str] = (), conf_dir: Path = CONF):
+    with initialize_config_dir(config_dir=str(conf_dir)):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def tiny_cfg(cifar_root):
+    """The default config, shrunk to train in about a second on the synthetic data."""
+    return compose_cfg([*TINY, f"data.root={cifar_root}"])
+
+
+def run_cli(*overrides: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m sweeper.train overrides...` as a user runs it, output captured."""
+    return subprocess.run([sys.executable, "-m", "sweeper.train", *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,121 @@
+"""`python -m sweeper.train` as a user runs it: real subprocesses on the synthetic data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from sweeper.data import FOLDER
+from tests.conftest import ROOT, TINY, make_cifar, run_cli
+
+
+def test_end_to_end_run_prints_device_progress_and_per_class_accuracy(cifar_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*TINY, f"data.root={cifar_root}", "trainer.log_every=3", f"hydra.run.dir={run_dir}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("Using device: cpu")
+    assert any(line.startswith("[1,     3] loss: ") for line in lines)
+    for name in ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"):
+        assert any(line.startswith("Accuracy of") and f" {name} :" in line for line in lines), name
+    assert any(line.startswith("Accuracy of the network on the 100 test images") for line in lines)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["epochs_completed"] == 2
+    assert len(results["test/acc_per_class"]) == 10 and 0 <= results["val/acc"] <= 1
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert "val/acc" in (run_dir / "train.log").read_text()
+
+
+def test_relative_data_root_is_taken_from_the_launch_directory(cifar_root, tmp_path):
+    (tmp_path / "data").symlink_to(cifar_root)
+    proc = run_cli(*TINY, "data.root=data", "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _truncated_root(tmp_path):
+    root = make_cifar(tmp_path / "truncated")
+    path = root / FOLDER / "test_batch"
+    path.write_bytes(path.read_bytes()[:999])
+    return root
+
+
+# (overrides, what the one error line must contain, expected exit code)
+BAD_INPUTS = {
+    "blocks not 4": (["model.blocks=[2,2,2]"], "model.blocks=", 2),
+    "blocks zero": (["model.blocks=[2,0,2,2]"], "4 positive ints", 2),
+    "width": (["model.width=0"], "model.width=0", 2),
+    "lr": (["optimizer.lr=-0.01"], "optimizer.lr=", 2),
+    "batch size": (["trainer.batch_size=0"], "trainer.batch_size=0", 2),
+    "val as large as train": (["data.val_size=300"], "data.val_size=300", 2),
+    "device": (["trainer.device=tpu"], "allowed values are auto, cpu, cuda", 2),
+    "precision": (["trainer.precision=fp8"], "allowed values are auto, fp32, bf16, fp16", 2),
+    "cuda absent": (["trainer.device=cuda"], "no CUDA device", 2),
+    "root missing": (["data.root=/nonexistent/cifar"], "data.root", 1),
+    "truncated batch": ([], "test_batch is truncated or malformed", 1),
+    "diverged": (["optimizer.lr=1e12"], "diverged", 3),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(cifar_root, tmp_path_factory):
+    """Launch every bad-input run at once (each is mostly Python start-up), keyed like BAD_INPUTS."""
+    tmp = tmp_path_factory.mktemp("bad")
+    truncated = _truncated_root(tmp)
+
+    def launch(name):
+        overrides, _, _ = BAD_INPUTS[name]
+        root = truncated if name == "truncated batch" else cifar_root
+        run_dir = tmp / name.replace(" ", "_")
+        return run_cli(*TINY, f"data.root={root}", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp), run_dir
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(BAD_INPUTS, pool.map(launch, BAD_INPUTS)))
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_gets_one_line_and_a_nonzero_exit(bad_runs, name):
+    if name == "cuda absent" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc, run_dir = bad_runs[name]
+    _, expected, code = BAD_INPUTS[name]
+    assert proc.returncode == code, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    results = run_dir / "results.json"
+    if name == "diverged":
+        assert json.loads(results.read_text())["status"] == "diverged"
+    else:
+        assert not results.exists()  # nothing that looks like a finished run
+
+
+def test_a_typo_fails_before_training_naming_the_key(tmp_path):
+    proc = run_cli("model.blok=3", cwd=tmp_path)
+    assert proc.returncode != 0 and "model.blok" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Using device" not in proc.stdout
+
+
+def test_ctrl_c_leaves_a_run_marked_interrupted(cifar_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.train", *TINY, f"data.root={cifar_root}", "trainer.epochs=500",
+         f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    log = run_dir / "train.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "epoch 1/500" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted" and 1 <= results["epochs_completed"] < 500

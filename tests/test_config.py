@@ -1,0 +1,125 @@
+import shutil
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
+
+from sweeper.config import validate
+from sweeper.errors import ConfigError
+from tests.conftest import CONF, compose_cfg
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_the_documented_groups_exist():
+    assert set(GROUPS) >= {"model", "data", "augment", "optimizer", "schedule", "trainer", "tracking",
+                           "experiment"}
+    assert set(options("augment")) >= {"none", "seed", "standard"}
+    assert set(options("schedule")) >= {"constant", "step", "cosine", "onecycle"}
+    assert set(options("optimizer")) >= {"sgd", "adamw"}
+    assert set(options("experiment")) >= {"seed", "seed_aug", "smoke"}
+
+
+@pytest.mark.parametrize("override", [f"{g}={o}" for g in GROUPS for o in options(g)])
+def test_every_option_of_every_group_composes_and_validates(override):
+    cfg = compose_cfg([override])
+    validate(cfg)
+    assert cfg.optimizer.lr > 0
+
+
+def test_defaults():
+    cfg = compose_cfg()
+    assert list(cfg.model.blocks) == [2, 2, 2, 2] and cfg.model.width == 64
+    assert cfg.data.val_size == 5000 and cfg.data.train_size is None
+    assert cfg.trainer.device == "auto" and cfg.seed == 0
+
+
+def test_seed_preset_is_the_seed_script():
+    cfg = compose_cfg(["experiment=seed"])
+    assert list(cfg.model.blocks) == [2, 2, 2, 2] and cfg.trainer.batch_size == 4
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.9
+    assert not cfg.optimizer.nesterov and cfg.optimizer.weight_decay == 0
+    assert cfg.trainer.epochs == 5 and cfg.schedule.name == "constant"
+    assert list(cfg.data.mean) == [0.5] * 3 and list(cfg.data.std) == [0.5] * 3
+    assert not cfg.augment.flip and cfg.augment.crop == 0
+
+
+def test_seed_aug_preset():
+    cfg = compose_cfg(["experiment=seed_aug"])
+    assert list(cfg.model.blocks) == [4, 5, 6, 3]
+    assert cfg.augment.flip and cfg.augment.crop == 28 and cfg.augment.pad == 0
+    assert cfg.trainer.batch_size == 4
+
+
+def test_blocks_from_the_command_line_as_a_list_and_per_stage():
+    assert list(compose_cfg(["model.blocks=[4,5,6,3]"]).model.blocks) == [4, 5, 6, 3]
+    cfg = compose_cfg(["model.blocks.0=5", "model.blocks.3=1"])
+    assert list(cfg.model.blocks) == [5, 2, 2, 1]
+    assert all(isinstance(b, int) for b in cfg.model.blocks)
+
+
+@pytest.mark.parametrize("override", ["model.blok=3", "trainer.epoch=3", "optimizer.learning_rate=0.1"])
+def test_a_typo_fails_at_compose_time(override):
+    with pytest.raises(ConfigCompositionException, match="Could not override"):
+        compose_cfg([override])
+
+
+@pytest.mark.parametrize("override", ["model.width=abc", "trainer.epochs=1.5", "model.blocks=[2,x,2,2]",
+                                      "trainer.compile=maybe"])
+def test_a_wrong_type_fails_at_compose_time(override):
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg([override])
+
+
+def test_an_unknown_group_option_fails_naming_the_options():
+    with pytest.raises(MissingConfigException, match="standard"):
+        compose_cfg(["augment=fancy"])
+
+
+@pytest.mark.parametrize("override, field", [
+    ("model.blocks=[2,2,2]", "model.blocks"),
+    ("model.blocks=[2,2,0,2]", "model.blocks"),
+    ("model.blocks=[2,2,2,2,2]", "model.blocks"),
+    ("model.width=0", "model.width"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.lr=-0.1", "optimizer.lr"),
+    ("optimizer.name=adam", "optimizer.name"),
+    ("trainer.batch_size=0", "trainer.batch_size"),
+    ("trainer.epochs=0", "trainer.epochs"),
+    ("trainer.device=tpu", "trainer.device"),
+    ("trainer.precision=fp8", "trainer.precision"),
+    ("schedule.name=exp", "schedule.name"),
+    ("schedule.warmup=1.0", "schedule.warmup"),
+    ("data.val_size=0", "data.val_size"),
+    ("data.train_size=0", "data.train_size"),
+    ("augment.crop=44", "augment.crop"),
+])
+def test_validate_names_the_field_and_what_is_allowed(override, field):
+    cfg = compose_cfg([override])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert message.startswith(f"{field}=") and "\n" not in message
+    assert any(word in message for word in ("allowed", "a ", "an ", "fraction", "0 (off)"))
+
+
+def test_validate_lists_the_allowed_names():
+    with pytest.raises(ConfigError, match="auto, cpu, cuda"):
+        validate(compose_cfg(["trainer.device=gpu"]))
+
+
+def test_config_is_plain_yaml_for_the_record():
+    text = OmegaConf.to_yaml(compose_cfg(["experiment=smoke"]), resolve=True)
+    assert "blocks:" in text and "lr:" in text
+
+
+def test_a_typo_inside_a_preset_file_fails_at_compose_time(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "experiment" / "typo.yaml").write_text("# @package _global_\ntrainer:\n  epoch: 3\n")
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(["experiment=typo"], conf_dir=conf)

@@ -1,0 +1,66 @@
+"""train(cfg) in-process on the synthetic data: what a run records and how it ends."""
+
+import json
+import math
+
+import pytest
+
+from sweeper.engine import train
+
+
+def test_a_run_learns_and_writes_results(tiny_cfg, tmp_path):
+    tiny_cfg.trainer.epochs = 4
+    tiny_cfg.optimizer.lr = 0.05
+    result = train(tiny_cfg, out_dir=tmp_path)
+    assert result.status == "completed" and result.epochs_completed == 4
+    assert result.val_acc > 0.5  # chance is 0.1; the class shows in the colour
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("val/acc", "test/acc", "test/acc_per_class", "n_params", "epochs_completed",
+                "train_time_s", "images_per_s", "status"):
+        assert key in results
+    assert results["status"] == "completed" and results["val/acc"] == result.val_acc
+    assert list(results["test/acc_per_class"]) == ["plane", "car", "bird", "cat", "deer", "dog",
+                                                   "frog", "horse", "ship", "truck"]
+    assert results["images_per_s"] > 0 and results["train_time_s"] > 0
+    assert [h["epoch"] for h in results["history"]] == [1, 2, 3, 4]
+    assert results["objective"] == result.objective == result.val_acc
+
+
+def test_same_seed_same_result_on_cpu(tiny_cfg):
+    a, b = train(tiny_cfg), train(tiny_cfg)
+    assert a.history[-1]["train/loss"] == b.history[-1]["train/loss"] and a.val_acc == b.val_acc
+
+
+@pytest.mark.parametrize("group", ["optimizer=adamw", "schedule=cosine", "schedule=step",
+                                   "schedule=constant", "augment=seed", "augment=cutout",
+                                   "trainer.label_smoothing=0.1"])
+def test_each_option_trains(cifar_root, group):
+    from tests.conftest import TINY, compose_cfg
+
+    result = train(compose_cfg([*TINY, f"data.root={cifar_root}", group, "trainer.epochs=1"]))
+    assert result.status == "completed" and math.isfinite(result.history[0]["train/loss"])
+
+
+def test_divergence_stops_at_once_with_a_finite_worst_objective(tiny_cfg, tmp_path):
+    tiny_cfg.optimizer.lr = 1e12
+    tiny_cfg.trainer.epochs = 5
+    result = train(tiny_cfg, out_dir=tmp_path)
+    assert result.status == "diverged" and result.epochs_completed < 5
+    assert result.objective == 0.0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "diverged" and "optimizer.lr" in results["message"]
+    assert results["objective"] == 0.0 and results["test/acc"] is None
+
+
+def test_an_exception_from_the_epoch_callback_is_recorded_and_raised(tiny_cfg, tmp_path):
+    class Stop(Exception):
+        status = "pruned"
+
+    def on_epoch(epoch, metrics):
+        assert 0 <= metrics["val/acc"] <= 1 and metrics["lr"] > 0
+        raise Stop("pruned at epoch 1")
+
+    with pytest.raises(Stop):
+        train(tiny_cfg, out_dir=tmp_path, on_epoch=on_epoch)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "pruned" and results["epochs_completed"] == 1
