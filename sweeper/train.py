@@ -8,6 +8,7 @@ can cause into one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ register()
 @hydra.main(config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
+    signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, `kill`, batch schedulers: as Ctrl-C
     cfg.data.root = to_absolute_path(cfg.data.root)
     try:
         result = train(cfg, out_dir=Path(hydra_cfg.runtime.output_dir))
@@ -44,6 +46,10 @@ def main(cfg: DictConfig) -> float:
         print(f"error: diverged: {result.message}", file=sys.stderr)
         sys.exit(3)
     return result.objective
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
