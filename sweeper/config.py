@@ -77,13 +77,17 @@ class TrainerConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
     eval_batch_size: int = 1024  # images per forward pass when evaluating
     log_every: int = 2000  # print "[epoch, batch] loss" every this many batches (0 = never)
+    save_model: bool = True  # write the final weights to model.pt in the run's output directory
 
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = False  # record the run in MLflow (tracker not built yet; keys are the contract)
-    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: sqlite:///file.db or http://host:port
+    enabled: bool = True  # record the run in MLflow (false: mlflow is not even imported)
+    uri: str = "sqlite:///mlflow.db"  # sqlite:///file.db (relative to the launch directory) or
+    # http://host:port of an `mlflow server`
     experiment: str = "sweeper"  # MLflow experiment name
+    run_name: str | None = None  # MLflow run name (null: MLflow picks one; sweeps: trial-N)
+    parent_run_id: str | None = None  # set by sweeps: the run becomes a child of this run
 
 
 @dataclass

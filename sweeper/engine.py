@@ -22,6 +22,7 @@ from sweeper.data import CLASSES, Augment, Split, load_cifar10, normalize, split
 from sweeper.errors import ConfigError
 from sweeper.model import build_model, count_parameters
 from sweeper.schedule import lr_at
+from sweeper.tracking import NullTracker
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Result:
     val_acc: float | None = None  # accuracy on the held-out validation split, 0..1
     test_acc: float | None = None
     test_acc_per_class: dict = field(default_factory=dict)
+    test_confusion: list = field(default_factory=list)  # [true class][predicted class] counts
     n_params: int = 0
     epochs_completed: int = 0
     train_time_s: float = 0.0  # time spent in training steps, evaluation excluded
@@ -52,8 +54,8 @@ class Result:
 
     def to_json(self) -> dict:
         out = asdict(self)
-        for key in ("val_acc", "test_acc", "test_acc_per_class"):
-            out[key.replace("_acc", "/acc", 1)] = out.pop(key)
+        for key in ("val_acc", "test_acc", "test_acc_per_class", "test_confusion"):
+            out[key.replace("_", "/", 1)] = out.pop(key)  # metric names as elsewhere: val/acc
         out["objective"] = self.objective
         return out
 
@@ -118,6 +120,11 @@ def evaluate(model: nn.Module, data: Split, mean: torch.Tensor, std: torch.Tenso
     return torch.cat(preds)
 
 
+def confusion(preds: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:
+    n = len(CLASSES)
+    return torch.bincount(labels * n + preds, minlength=n * n).view(n, n).tolist()
+
+
 def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     correct = torch.bincount(labels[preds == labels], minlength=len(CLASSES)).float()
     total = torch.bincount(labels, minlength=len(CLASSES)).float()
@@ -132,12 +139,15 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg, out_dir: Path | None = None, on_epoch: EpochCallback | None = None) -> Result:
-    """Train `cfg.model` on CIFAR-10 as `cfg` says; write `results.json` to `out_dir` if given.
+def train(cfg, out_dir: Path | None = None, tracker=None,
+          on_epoch: EpochCallback | None = None) -> Result:
+    """Train `cfg.model` on CIFAR-10 as `cfg` says; write `results.json` (and `model.pt`) to `out_dir`.
 
+    `tracker` (see sweeper.tracking) receives the run's facts and each epoch's metrics.
     `on_epoch(epoch, metrics)` is called after every epoch's validation; an exception it raises
     stops training (the run is recorded with status "failed" unless the exception says otherwise).
     """
+    tracker = tracker if tracker is not None else NullTracker()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     log.info("Using device: %s", describe(device))
@@ -159,6 +169,8 @@ def train(cfg, out_dir: Path | None = None, on_epoch: EpochCallback | None = Non
     result = Result(status="running", n_params=count_parameters(model), device=describe(device))
     log.info("Model: blocks %s, width %d, %.2fM parameters", list(cfg.model.blocks),
              cfg.model.width, result.n_params / 1e6)
+    tracker.log_facts({"n_params": result.n_params, "device": result.device,
+                       "torch_version": torch.__version__})
     forward = torch.compile(model) if use_compile else model
     optimizer = build_optimizer(model, cfg.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
@@ -225,6 +237,7 @@ def train(cfg, out_dir: Path | None = None, on_epoch: EpochCallback | None = Non
                 "images_per_s": len(train_set) / epoch_s,
             }
             result.history.append({"epoch": epoch, **metrics})
+            tracker.log_metrics(metrics, step=epoch)
             result.epochs_completed, result.val_acc = epoch, metrics["val/acc"]
             result.images_per_s = epoch * len(train_set) / result.train_time_s
             log.info("epoch %d/%d: train/loss %.4f  train/acc %.4f  val/acc %.4f  lr %.4g  "
@@ -246,14 +259,24 @@ def train(cfg, out_dir: Path | None = None, on_epoch: EpochCallback | None = Non
         test_preds = evaluate(model, test_set, mean, std, tr.eval_batch_size, amp, channels_last)
         result.test_acc = (test_preds == test_set.y).float().mean().item()
         result.test_acc_per_class = per_class_accuracy(test_preds, test_set.y)
+        result.test_confusion = confusion(test_preds, test_set.y)
         result.status = "completed"
         for name, acc in result.test_acc_per_class.items():
             log.info("Accuracy of %5s : %5.1f %%", name, 100 * acc)
         log.info("Accuracy of the network on the %d test images: %.1f %%", len(test_set),
                  100 * result.test_acc)
         log.info("Validation accuracy (the objective): %.1f %%", 100 * result.val_acc)
+        if out_dir is not None and tr.save_model:
+            save_weights(model, Path(out_dir) / "model.pt")
     _finish(result, out_dir)
     return result
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """The trained weights (a state_dict; load with torch.load(path, weights_only=True))."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
 
 
 def _finish(result: Result, out_dir: Path | None) -> None:

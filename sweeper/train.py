@@ -1,8 +1,9 @@
 """Command line: `python -m sweeper.train [overrides]` composes conf/ with Hydra and trains.
 
-A thin entry over `sweeper.engine.train`: it makes `data.root` absolute, passes Hydra's output
-directory, returns the objective (validation accuracy) for sweepers, and turns the errors users
-can cause into one line on stderr and a non-zero exit.
+A thin entry over `sweeper.engine.train`: it makes relative paths absolute, writes the composed
+config, opens the MLflow run, passes Hydra's output directory, returns the objective (validation
+accuracy) for sweepers, and turns the errors users can cause into one line on stderr and a non-zero
+exit.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import register
+from sweeper.config import register, validate
 from sweeper.engine import train
 from sweeper.errors import SweeperError
+from sweeper.tracking import open_tracker, redact
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +33,43 @@ register()
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, `kill`, batch schedulers: as Ctrl-C
-    cfg.data.root = to_absolute_path(cfg.data.root)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        result = train(cfg, out_dir=Path(hydra_cfg.runtime.output_dir))
+        cfg.data.root = to_absolute_path(cfg.data.root)
+        cfg.tracking.uri = absolute_sqlite_uri(cfg.tracking.uri)
+        validate(cfg)
+        (out_dir / "config.yaml").write_text(redact_yaml(cfg))
+        tags = {"hydra_overrides": redact(" ".join(hydra_cfg.overrides.task))}
+        with open_tracker(cfg, run_name=cfg.tracking.run_name,
+                          parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
+            result = train(cfg, out_dir=out_dir, tracker=tracker)
+            tracker.log_result(result, out_dir)
     except SweeperError as e:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # a sweep records the trial as failed and goes on
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted: results.json says status: interrupted", file=sys.stderr)
         sys.exit(130)
-    if result.status == "diverged" and hydra_cfg.mode != RunMode.MULTIRUN:
+    if result.status == "diverged" and not multirun:
         print(f"error: diverged: {result.message}", file=sys.stderr)
         sys.exit(3)
     return result.objective
+
+
+def absolute_sqlite_uri(uri: str) -> str:
+    """`sqlite:///mlflow.db` -> `sqlite:////launch/dir/mlflow.db`, so every job finds the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + to_absolute_path(uri[len(prefix):])
+    return uri
+
+
+def redact_yaml(cfg: DictConfig) -> str:
+    """The composed config as YAML, resolved, with any password in a URL masked."""
+    return redact(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def _interrupt(signum, frame):

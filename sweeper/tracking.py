@@ -1,0 +1,230 @@
+"""MLflow tracking, behind a small interface. The only module of sweeper that imports mlflow.
+
+`open_tracker(cfg.tracking, ...)` returns a context manager: a `NullTracker` when tracking is off,
+else an `MlflowTracker` that opens one run (a child when given a parent run id), takes the run's
+params, per-epoch metrics and final results, and on exit marks the run FINISHED, FAILED or KILLED
+truthfully. The engine only calls `log_facts` and `log_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from sweeper.data import CLASSES
+from sweeper.errors import SweeperError
+
+log = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
+
+
+class TrackingError(SweeperError):
+    """The tracking store cannot be reached or written; raised before any training starts."""
+
+
+_SECRET_IN_URL = re.compile(r"([a-zA-Z][\w+.-]*://[^\s:/@]+:)[^\s@/]+@")
+
+
+def redact(text: str) -> str:
+    """Mask passwords of URLs anywhere in `text`: `postgresql://user:secret@host` -> `user:***@host`."""
+    return _SECRET_IN_URL.sub(r"\1***@", text)
+
+
+def flatten(cfg: Any) -> dict[str, str]:
+    """The composed config as MLflow params: dotted keys, string values, secrets redacted.
+
+    A list is logged whole (`model.blocks`: "[4, 5, 6, 3]") and, for lists of ints, element by
+    element too (`model.blocks.0`: "4"), so per-stage choices can be compared as numbers.
+    """
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+            return
+        if isinstance(node, list) and all(isinstance(v, int) for v in node):
+            for i, value in enumerate(node):
+                out[f"{prefix}.{i}"] = str(value)
+        out[prefix] = redact(str(node))[:PARAM_MAX_CHARS]
+
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    return out
+
+
+def git_commit() -> str:
+    """The project's commit, with `-dirty` when the work tree has changes; "unknown" outside git."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=PROJECT_DIR, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class NullTracker:
+    """Records nothing: `tracking.enabled=false`."""
+
+    run_id = None
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def log_facts(self, facts: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_result(self, result, out_dir: Path | None) -> None:
+        pass
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, in one line, when an http(s) tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"tracking.uri={redact(uri)} is unreachable ({reason}); start the MLflow "
+                            f"server, fix the URI, or run with tracking.enabled=false") from None
+
+
+class MlflowTracker:
+    """One MLflow run: a child of `parent_run_id` when given (a sweep trial)."""
+
+    def __init__(self, cfg: Any, tracking: Any, *, run_name: str | None = None,
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None):
+        self.cfg, self.uri, self.experiment = cfg, tracking.uri, tracking.experiment
+        self.run_name, self.parent_run_id, self.tags = run_name, parent_run_id, dict(tags or {})
+        self.run_id: str | None = None
+
+    def __enter__(self) -> MlflowTracker:
+        import mlflow  # noqa: F401  (imported here: tracking off costs nothing)
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        check_reachable(self.uri)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment_id = experiment_id_for(self.client, self.experiment)
+            tags = {"mlflow.source.git.commit": git_commit(), "mlflow.source.name": "sweeper.train",
+                    "status": "running", **self.tags}
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            run = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+        except MlflowException as e:
+            raise TrackingError(f"tracking.uri={redact(self.uri)} cannot be used: "
+                                f"{str(e).splitlines()[0]}") from None
+        self.run_id = run.info.run_id
+        self._log_params(flatten(self.cfg))
+        log.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, redact(self.uri))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.run_id is None:
+            return
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status, tag = "KILLED", "interrupted"
+        elif getattr(exc, "status", None) == "pruned":
+            status, tag = "FINISHED", "pruned"
+        else:
+            status, tag = "FAILED", "failed"
+        if exc_type is not None:
+            self.client.set_tag(self.run_id, "status", tag)
+            self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:PARAM_MAX_CHARS])
+        self.client.set_terminated(self.run_id, status=status)
+
+    def _log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_facts(self, facts: dict) -> None:
+        """Derived facts of the run: `n_params` as a param, the device and torch version as tags."""
+        self._log_params({"n_params": str(facts["n_params"])})
+        for key in ("device", "torch_version"):
+            if key in facts:
+                self.client.set_tag(self.run_id, key, str(facts[key]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
+                                                    for k, v in metrics.items()])
+
+    def log_result(self, result, out_dir: Path | None) -> None:
+        """Final metrics, the status tag and the run's files: config, results, log, weights, plots."""
+        final = {}
+        if result.test_acc is not None:
+            final["test/acc"] = result.test_acc
+            final.update({f"test/acc/{name}": acc for name, acc in result.test_acc_per_class.items()})
+        if final:
+            self.log_metrics(final, step=result.epochs_completed)
+        self.client.set_tag(self.run_id, "status", result.status)
+        if out_dir is not None:
+            for path in run_files(Path(out_dir), result):
+                self.client.log_artifact(self.run_id, str(path))
+
+
+def run_files(out_dir: Path, result) -> list[Path]:
+    """Files of a run directory worth keeping as artifacts; plots are drawn here from results.json."""
+    from sweeper import plots
+
+    results = json.loads((out_dir / "results.json").read_text())
+    files = [out_dir / name for name in ("config.yaml", "results.json", "model.pt")]
+    files += sorted(out_dir.glob("*.log"))
+    if result.history:
+        files.append(plots.learning_curves(result.history, out_dir / "learning_curves.png"))
+    if results.get("test/confusion"):
+        files.append(plots.confusion_matrix(results["test/confusion"], list(CLASSES),
+                                            out_dir / "confusion_matrix.png"))
+    return [f for f in files if f.is_file()]
+
+
+def experiment_id_for(client, name: str) -> str:
+    """Get or create the experiment `name` (two processes may race to create it)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def open_tracker(cfg: Any, **kwargs: Any) -> NullTracker | MlflowTracker:
+    """The tracker `cfg.tracking` asks for; kwargs (run_name, parent_run_id, tags) go to MLflow."""
+    if not cfg.tracking.enabled:
+        return NullTracker()
+    return MlflowTracker(cfg, cfg.tracking, **kwargs)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
