@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +60,7 @@ def cifar_root(tmp_path_factory) -> Path:
 
 # Overrides that make any config train in about a second on a CPU against the synthetic data.
 TINY = ["model=tiny", "model.width=4", "data.val_size=50", "trainer.epochs=2",
-        "trainer.batch_size=32", "trainer.device=cpu", "trainer.log_every=0"]
+        "trainer.batch_size=32", "trainer.device=cpu", "trainer.log_every=0", "tracking=off"]
 
 
 def compose_cfg(overrides: list[str] = (), conf_dir: Path = CONF):
@@ -76,3 +78,37 @@ def run_cli(*overrides: str, cwd: Path, timeout: float = 120) -> subprocess.Comp
     """`python -m sweeper.train overrides...` as a user runs it, output captured."""
     return subprocess.run([sys.executable, "-m", "sweeper.train", *overrides], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """One migrated MLflow SQLite store per session (creating one costs seconds of migrations)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_template, tmp_path) -> str:
+    """A fresh copy of the migrated store for one test."""
+    path = tmp_path / "mlflow.db"
+    shutil.copy(mlflow_template, path)
+    return f"sqlite:///{path}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def runs_of(uri: str, experiment: str = "sweeper"):
+    """All runs of `experiment` in the store at `uri`, oldest first, with the client that read them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
+    return client, runs
