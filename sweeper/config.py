@@ -91,6 +91,12 @@ class TrackingConfig:
 
 
 @dataclass
+class TrialConfig:
+    number: int | None = None  # set by the sweeper: this job's Optuna trial number
+    study: str | None = None  # set by the sweeper: the Optuna study the trial belongs to
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,6 +105,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = 0  # seeds weights, the validation split, shuffling and augmentation
 
 

@@ -228,3 +228,56 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+class SweepRun:
+    """The MLflow parent run of a sweep: trials are its children."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_progress(self, metrics: dict[str, float], tags: dict[str, str], step: int) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), _now_ms(), step)
+                                                    for k, v in metrics.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def end(self, status: str, message: str = "", files: list[Path] = ()) -> None:
+        for path in files:
+            self.client.log_artifact(self.run_id, str(path))
+        if message:
+            self.client.set_tag(self.run_id, "error", message[:PARAM_MAX_CHARS])
+        self.client.set_tag(self.run_id, "status", status.lower())
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str],
+                   run_id: str | None = None) -> SweepRun:
+    """Find the parent run of `study_name` (a resumed sweep reuses it) or create it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    check_reachable(cfg.tracking.uri)
+    try:
+        client = MlflowClient(tracking_uri=cfg.tracking.uri)
+        if run_id is None:
+            experiment_id = experiment_id_for(client, cfg.tracking.experiment)
+            found = client.search_runs([experiment_id], filter_string=f"tags.`sweep.study` = '{study_name}'",
+                                       max_results=1)
+            if found:
+                run_id = found[0].info.run_id
+                client.update_run(run_id, status="RUNNING")
+                log.info("MLflow parent run %s (resumed)", run_id)
+            else:
+                run = client.create_run(experiment_id, run_name=f"sweep-{study_name}", tags={
+                    "sweep.study": study_name, "mlflow.source.git.commit": git_commit(),
+                    "status": "running"})
+                run_id = run.info.run_id
+                for key, value in settings.items():
+                    client.log_param(run_id, key, redact(value)[:PARAM_MAX_CHARS])
+                log.info("MLflow parent run %s", run_id)
+    except MlflowException as e:
+        raise TrackingError(f"tracking.uri={redact(cfg.tracking.uri)} cannot be used: "
+                            f"{str(e).splitlines()[0]}") from None
+    return SweepRun(client, run_id)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import register, validate
 from sweeper.engine import train
-from sweeper.errors import SweeperError
+from sweeper.errors import ConfigError, SweeperError
 from sweeper.tracking import open_tracker, redact
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,23 @@ def main(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        if hydra_cfg.runtime.choices.get("sweep") and not multirun:
+            raise ConfigError(f"sweep={hydra_cfg.runtime.choices['sweep']} needs --multirun: "
+                              f"python -m sweeper.train --multirun sweep=...")
         cfg.data.root = to_absolute_path(cfg.data.root)
         cfg.tracking.uri = absolute_sqlite_uri(cfg.tracking.uri)
         validate(cfg)
         (out_dir / "config.yaml").write_text(redact_yaml(cfg))
         tags = {"hydra_overrides": redact(" ".join(hydra_cfg.overrides.task))}
+        on_epoch = None
+        if cfg.trial.number is not None:  # a sweep's trial: report each epoch, maybe be pruned
+            from sweeper.trial import trial_reporter
+
+            tags["trial"] = str(cfg.trial.number)
+            on_epoch = trial_reporter(cfg.trial.number, cfg.trial.study, hydra_cfg.sweeper)
         with open_tracker(cfg, run_name=cfg.tracking.run_name,
                           parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
-            result = train(cfg, out_dir=out_dir, tracker=tracker)
+            result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
             tracker.log_result(result, out_dir)
     except SweeperError as e:
         if multirun:

@@ -1,0 +1,267 @@
+"""A Hydra sweeper on Optuna's ask-and-tell API: one trial per job, pruning, exact resume, free slots.
+
+For each trial: ask Optuna (under a study lock, so workers sharing a study never exceed n_trials),
+launch one Hydra job with the trial's params plus `trial.number`/`trial.study` overrides, read the
+job's results.json, and tell Optuna COMPLETE, PRUNED or FAIL. The job reports per-epoch validation
+accuracy to the same study (sweeper/trial.py), so pruning works in any process. n_jobs > 1 starts
+n_jobs - 1 more worker processes on the same study: each asks for a new trial as soon as its last
+one ends, with no batch barrier. Search-space parsing and samplers are the official plugin's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper import sweep_report
+from sweeper.errors import SweeperError
+from sweeper.tracking import redact
+
+log = logging.getLogger(__name__)
+TrialState = optuna.trial.TrialState
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class SweepError(SweeperError):
+    """The sweep cannot start or must stop; printed as one line."""
+
+
+class OptunaPruningSweeper(Sweeper):
+    def __init__(self, sampler: Any, pruner: Any, direction: Any, objectives: Any, storage: Any,
+                 study_name: Any, n_trials: int, n_jobs: int, max_failure_rate: float,
+                 params: Any) -> None:
+        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        self.directions = list(direction) if isinstance(direction, (list, tuple)) or \
+            OmegaConf.is_list(direction) else [direction]
+        self.objectives = list(objectives)
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.params = params
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except SweeperError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+
+    # -- set-up ------------------------------------------------------------------------------------
+
+    def _search_space(self, arguments: list[str]):
+        lines = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
+        try:
+            space, fixed, fixed_overrides = create_params_from_overrides(lines)
+        except Exception as e:  # the override grammar's own errors
+            raise SweepError(f"hydra.sweeper.params cannot be parsed: {e}") from None
+        for name in fixed:
+            space.pop(name, None)
+        if not space:
+            raise SweepError("hydra.sweeper.params is empty: give at least one key a range, "
+                             "e.g. optimizer.lr=tag(log,interval(0.01,1))")
+        fixed_lines = [f"{k}={v}" for k, v in fixed.items()] + fixed_overrides
+        job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed_lines)
+        for name in space:
+            if not name.startswith("+") and OmegaConf.select(job_cfg, name, default=_MISSING) is _MISSING:
+                raise SweepError(f"hydra.sweeper.params key '{name}' does not exist in the config")
+        return space, fixed_lines, job_cfg, lines
+
+    def _open_study(self, space: dict, lines: list[str]) -> optuna.Study:
+        if self.study_name is None:  # same search space, same study: a re-run resumes it
+            digest = hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()[:8]
+            self.study_name = f"sweep-{digest}"
+        self.storage = _absolute_sqlite(self.storage)
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=self.storage,
+                                        directions=self.directions, load_if_exists=True)
+        except Exception as e:
+            raise SweepError(f"hydra.sweeper.storage={redact(str(self.storage))} cannot be used: "
+                             f"{str(e).splitlines()[0]}") from None
+        wanted = [optuna.study.StudyDirection[d.upper()] for d in self.directions]
+        if list(study.directions) != wanted:
+            raise SweepError(f"study '{self.study_name}' exists with direction "
+                             f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
+                             f"set another hydra.sweeper.study_name")
+        sampler_cfg = OmegaConf.to_container(self.sampler_cfg)
+        if sampler_cfg.get("seed") is not None:  # a resumed sweep must not replay its first points
+            sampler_cfg["seed"] += len(study.trials)
+        sampler = instantiate(sampler_cfg, _execution_whitelist_=(
+            "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
+        if not isinstance(sampler, optuna.samplers.BaseSampler):  # GridSampler comes partial
+            grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(d) for k, d in space.items()}
+            sampler = sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+        study.sampler = sampler
+        return study
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _sweep(self, arguments: list[str]) -> None:
+        space, fixed_lines, job_cfg, lines = self._search_space(arguments)
+        study = self._open_study(space, lines)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        worker = os.environ.get("SWEEPER_WORKER") is not None
+        with _study_lock(self.storage):
+            _fail_stale_trials(study)
+        parent = sweep_report.parent_run(job_cfg, study, self, space, resume_id=os.environ.get(
+            "SWEEPER_PARENT_RUN_ID"))
+        log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s", self.study_name,
+                 redact(str(self.storage)), len(study.trials), self.n_trials,
+                 type(study.sampler).__name__, self.pruner_cfg.name)
+        helpers = [] if worker else self._start_workers(sweep_dir, parent)
+        allowed_failures = math.floor(self.max_failure_rate * self.n_trials)
+        failures = 0
+        try:
+            while (trial := self._ask(study, space)) is not None:
+                state = self._run_trial(study, trial, fixed_lines, parent)
+                failures += state == TrialState.FAIL
+                sweep_report.progress(parent, study)
+                if failures > allowed_failures:
+                    raise SweepError(
+                        f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
+                        f"{self.max_failure_rate} of {self.n_trials} allows; see {sweep_dir}/*/train.log")
+            for proc in helpers:
+                proc.wait()
+        except BaseException as e:
+            for proc in helpers:
+                proc.terminate()
+            sweep_report.close_parent(parent, e)
+            raise
+        if not worker:
+            sweep_report.finish(study, self, sweep_dir, parent)
+
+    def _ask(self, study: optuna.Study, space: dict) -> optuna.Trial | None:
+        """A new trial, or None once the study holds n_trials (atomic across workers)."""
+        with _study_lock(self.storage):
+            if len(study.get_trials(deepcopy=False)) >= self.n_trials:
+                return None
+            trial = study.ask(space)
+            trial.set_user_attr("worker", WORKER)
+            return trial
+
+    def _run_trial(self, study: optuna.Study, trial: optuna.Trial, fixed_lines: list[str],
+                   parent) -> TrialState:
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                    TrialState.PRUNED))]
+        same = next((t for t in done if t.params == trial.params), None)
+        if same is not None:  # never train a configuration twice: reuse its outcome
+            trial.set_user_attr("duplicate_of", same.number)
+            log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number, same.number,
+                     trial.params)
+            study.tell(trial, same.values, state=same.state)
+            return same.state
+        overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed_lines + [
+            f"trial.number={trial.number}", f"trial.study={self.study_name}",
+            f"tracking.run_name=trial-{trial.number}"]
+        if parent is not None:
+            overrides.append(f"tracking.parent_run_id={parent.run_id}")
+        log.info("Trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in trial.params.items()))
+        try:
+            [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+        except BaseException:
+            trial.set_user_attr("reason", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        state, values, reason = sweep_report.outcome(ret, self.objectives)
+        if len(self.directions) > 1 and state == TrialState.PRUNED:
+            state = TrialState.FAIL  # Optuna prunes single-objective studies only
+        if reason:
+            trial.set_user_attr("reason", reason)
+        study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+        log.info("Trial %d: %s%s", trial.number, state.name,
+                 f" {values}" if state == TrialState.COMPLETE else f" ({reason})")
+        return state
+
+    def _start_workers(self, sweep_dir: Path, parent) -> list[subprocess.Popen]:
+        """n_jobs - 1 more processes running this same command on the same study and sweep dir."""
+        argv = [a for a in sys.orig_argv[1:]]
+        extra = [f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.study_name={self.study_name}",
+                 "hydra.sweeper.n_jobs=1"]
+        env = {**os.environ, "SWEEPER_WORKER": "1"}
+        if parent is not None:
+            env["SWEEPER_PARENT_RUN_ID"] = parent.run_id
+        procs = []
+        for i in range(1, self.n_jobs):
+            out = open(sweep_dir / f"worker-{i}.log", "w")
+            procs.append(subprocess.Popen([sys.executable, *argv, *extra], env=env, stdout=out,
+                                          stderr=subprocess.STDOUT))
+        return procs
+
+
+_MISSING = object()
+
+
+def _absolute_sqlite(url: str | None) -> str | None:
+    prefix = "sqlite:///"
+    if url and url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str(Path(url[len(prefix):]).absolute())
+    return url
+
+
+@contextlib.contextmanager
+def _study_lock(storage: str | None):
+    """Serialize ask() between workers: a file lock for SQLite, an advisory lock for PostgreSQL."""
+    if storage and storage.startswith("sqlite:///"):
+        import fcntl
+
+        with open(storage[len("sqlite:///"):] + ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        return
+    if storage and storage.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(727272)"))
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727272)"))
+        return
+    yield
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed worker on this machine become FAIL (no RUNNING forever)."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("worker", "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            log.warning("Trial %d was left running by a killed sweep (%s): marking it FAIL",
+                        t.number, owner)
+            optuna.trial.Trial(study, t._trial_id).set_user_attr("reason", "killed")
+            study.tell(t.number, state=TrialState.FAIL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

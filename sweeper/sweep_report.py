@@ -1,0 +1,173 @@
+"""What a sweep leaves behind: trial outcomes read from results.json, the MLflow parent run's
+progress, optimization_results.yaml, a summary table, and a preset that re-runs the best trial."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+
+from sweeper import tracking
+
+log = logging.getLogger(__name__)
+TrialState = optuna.trial.TrialState
+
+
+def outcome(ret: Any, objectives: list[str]) -> tuple[TrialState, list[float] | None, str]:
+    """(state, objective values, reason) of a finished Hydra job, from its results.json."""
+    results_path = Path(ret.hydra_cfg.hydra.runtime.output_dir) / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    status = results.get("status")
+    if status == "completed":
+        try:
+            return TrialState.COMPLETE, [float(results[k]) for k in objectives], ""
+        except (KeyError, TypeError, ValueError):
+            return TrialState.FAIL, None, f"results.json lacks an objective of {objectives}"
+    if status in ("pruned", "diverged"):
+        return TrialState.PRUNED, None, f"{status}: {results.get('message', '')}"
+    error = ret._return_value if isinstance(ret._return_value, BaseException) else None
+    return TrialState.FAIL, None, f"{type(error).__name__}: {error}" if error else f"status {status}"
+
+
+def parent_run(job_cfg: Any, study: optuna.Study, sweeper: Any, space: dict,
+               resume_id: str | None = None):
+    """The sweep's MLflow parent run (found again by study name on resume), or None."""
+    if not job_cfg.tracking.enabled:
+        return None
+    settings = {f"space.{k}": str(d) for k, d in space.items()}
+    settings.update({"study_name": sweeper.study_name, "n_trials": str(sweeper.n_trials),
+                     "direction": str(sweeper.directions), "objectives": str(sweeper.objectives),
+                     "sampler": type(study.sampler).__name__,
+                     "sampler.settings": json.dumps(OmegaConf.to_container(sweeper.sampler_cfg)),
+                     "pruner": json.dumps(OmegaConf.to_container(sweeper.pruner_cfg)),
+                     "storage": tracking.redact(str(sweeper.storage))})
+    return tracking.open_sweep_run(job_cfg, sweeper.study_name, settings, run_id=resume_id)
+
+
+def progress(parent, study: optuna.Study) -> None:
+    """Update the parent run with the best trial so far."""
+    if parent is None:
+        return
+    counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name.lower() in counts:
+            counts[t.state.name.lower()] += 1
+    metrics = {f"trials/{k}": v for k, v in counts.items()}
+    tags = {}
+    if len(study.directions) == 1 and counts["complete"]:
+        best = study.best_trial
+        metrics["best/value"] = best.value
+        tags = {"best.trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}}
+    parent.log_progress(metrics, tags, step=len(study.trials))
+
+
+def close_parent(parent, error: BaseException) -> None:
+    if parent is not None:
+        parent.end("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED",
+                   f"{type(error).__name__}: {error}")
+
+
+def finish(study: optuna.Study, sweeper: Any, sweep_dir: Path, parent) -> None:
+    """optimization_results.yaml, the summary table, the best preset, and the parent's plots."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        reasons = {t.user_attrs.get("reason", "?") for t in study.trials}
+        message = f"no trial of study '{study.study_name}' completed ({'; '.join(sorted(reasons))[:300]})"
+        if parent is not None:
+            parent.end("FAILED", message)
+        from sweeper.errors import SweeperError
+
+        raise SweeperError(message)
+    if len(study.directions) == 1:
+        best = study.best_trial
+        results = {"name": "optuna", "study_name": study.study_name, "best_trial": best.number,
+                   "best_params": best.params, "best_value": best.value}
+    else:
+        results = {"name": "optuna", "study_name": study.study_name, "objectives": sweeper.objectives,
+                   "solutions": [{"trial": t.number, "params": t.params, "values": t.values}
+                                 for t in study.best_trials]}
+    results_path = sweep_dir / "optimization_results.yaml"
+    OmegaConf.save(OmegaConf.create(results), results_path)
+    log.info("%s", summary_table(study, sweeper.objectives))
+    files = [results_path]
+    if len(study.directions) == 1:
+        preset, command = write_best_preset(sweep_dir, study.best_trial)
+        files.append(preset)
+        log.info("Best trial %d: %s = %s\nRe-run it with:\n  %s", best.number, sweeper.objectives[0],
+                 best.value, command)
+    files += plots(study, sweep_dir)
+    if parent is not None:
+        progress(parent, study)
+        parent.end("FINISHED", "", files)
+
+
+def summary_table(study: optuna.Study, objectives: list[str], top: int = 10) -> str:
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if len(study.directions) == 1:
+        sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+        done.sort(key=lambda t: sign * t.value)
+    names = sorted({k for t in done for k in t.params})
+    header = ["trial", *objectives, *names]
+    rows = [[str(t.number), *(f"{v:.4g}" for v in t.values), *(str(t.params.get(n)) for n in names)]
+            for t in done[:top]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                            TrialState.FAIL)}
+    lines = [f"Study {study.study_name}: {len(trials)} trials, "
+             + ", ".join(f"{n} {s.name.lower()}" for s, n in counts.items()), f"Top {len(rows)}:"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial) -> tuple[Path, str]:
+    """experiment/best.yaml: the best trial's composed config as a preset, and the command to run it."""
+    job_config = sweep_dir / str(best.number) / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(job_config)
+    cfg.trial = {"number": None, "study": None}
+    cfg.tracking.run_name = f"best-of-{best.number}"
+    cfg.tracking.parent_run_id = None
+    preset = sweep_dir / "experiment" / "best.yaml"
+    preset.parent.mkdir(exist_ok=True)
+    preset.write_text(f"# @package _global_\n# Trial {best.number} of study, value {best.value}\n"
+                      + OmegaConf.to_yaml(cfg))
+    command = ("python -m sweeper.train "
+               + shlex.quote(f"hydra.searchpath=[file://{sweep_dir}]") + " experiment=best")
+    (sweep_dir / "best_command.txt").write_text(command + "\n")
+    return preset, command
+
+
+def plots(study: optuna.Study, sweep_dir: Path) -> list[Path]:
+    """Optimization history, parameter importances and parallel coordinates, as PNG files."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    out = []
+    target = None if len(study.directions) == 1 else (lambda t: t.values[0])
+    for name, draw in (("optimization_history", vis.plot_optimization_history),
+                       ("param_importances", vis.plot_param_importances),
+                       ("parallel_coordinate", vis.plot_parallel_coordinate)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = draw(study, target=target) if target else draw(study)
+            path = sweep_dir / f"{name}.png"
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(10, 6)
+            fig.tight_layout()
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            out.append(path)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:  # e.g. importances of 1 trial
+            log.info("No %s plot: %s", name, e)
+    return out
