@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -72,6 +73,9 @@ class OptunaPruningSweeper(Sweeper):
     def _search_space(self, arguments: list[str]):
         lines = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
         try:
+            parsed = OverridesParser.create().parse_overrides(lines)
+            last = {o.get_key_element(): line for o, line in zip(parsed, lines)}  # later lines win
+            lines = list(last.values())
             space, fixed, fixed_overrides = create_params_from_overrides(lines)
         except Exception as e:  # the override grammar's own errors
             raise SweepError(f"hydra.sweeper.params cannot be parsed: {e}") from None
@@ -170,7 +174,7 @@ class OptunaPruningSweeper(Sweeper):
             trial.set_user_attr("duplicate_of", same.number)
             log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number, same.number,
                      trial.params)
-            study.tell(trial, same.values, state=same.state)
+            _tell(study, trial, same.values, state=same.state)
             return same.state
         overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed_lines + [
             f"trial.number={trial.number}", f"trial.study={self.study_name}",
@@ -182,14 +186,14 @@ class OptunaPruningSweeper(Sweeper):
             [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
         except BaseException:
             trial.set_user_attr("reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
             raise
         state, values, reason = sweep_report.outcome(ret, self.objectives)
         if len(self.directions) > 1 and state == TrialState.PRUNED:
             state = TrialState.FAIL  # Optuna prunes single-objective studies only
         if reason:
             trial.set_user_attr("reason", reason)
-        study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+        _tell(study, trial, values if state == TrialState.COMPLETE else None, state=state)
         log.info("Trial %d: %s%s", trial.number, state.name,
                  f" {values}" if state == TrialState.COMPLETE else f" ({reason})")
         return state
@@ -254,7 +258,17 @@ def _fail_stale_trials(study: optuna.Study) -> None:
             log.warning("Trial %d was left running by a killed sweep (%s): marking it FAIL",
                         t.number, owner)
             optuna.trial.Trial(study, t._trial_id).set_user_attr("reason", "killed")
-            study.tell(t.number, state=TrialState.FAIL)
+            _tell(study, t.number, state=TrialState.FAIL)
+
+
+def _tell(study: optuna.Study, trial, values=None, state=None) -> None:
+    """study.tell, except that GridSampler's `study.stop()` once the grid is used up is harmless
+    here (the sweep already stops at n_trials, capped to the grid size); the tell itself is stored."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,191 @@
+"""Sweeps as users run them: real `--multirun` subprocesses, tiny synthetic data, CPU."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from tests.conftest import runs_of
+
+TrialState = optuna.trial.TrialState
+
+
+def sweep_args(cifar_root, tmp_path, *overrides, n_trials=3):
+    return ["--multirun", "sweep=smoke", f"data.root={cifar_root}", "data.val_size=50",
+            "data.train_size=null", "data.test_size=null", "model.width=4", "trainer.batch_size=32",
+            "tracking=off", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+            f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.sweeper.n_trials={n_trials}", *overrides]
+
+
+def sweep(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "sweeper.train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def study_of(tmp_path, name="smoke"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
+
+
+def test_trials_have_integer_stage_params_and_per_epoch_values(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none",
+                            "trainer.epochs=3"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    for t in trials:
+        assert t.state == TrialState.COMPLETE
+        assert isinstance(t.params["model.blocks.0"], int) and 1 <= t.params["model.blocks.3"] <= 2
+        assert sorted(t.intermediate_values) == [1, 2, 3]
+        assert t.intermediate_values[3] == pytest.approx(t.value)
+        assert (tmp_path / "multirun" / str(t.number) / "results.json").is_file()  # job num = trial
+    results = (tmp_path / "multirun" / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "model.blocks.0" in results
+    assert "Re-run it with:" in proc.stdout + proc.stderr and "Top 3:" in proc.stdout + proc.stderr
+
+    command = shlex.split((tmp_path / "multirun" / "best_command.txt").read_text())
+    assert command[:3] == ["python", "-m", "sweeper.train"]
+    rerun = subprocess.run([sys.executable, *command[1:], f"hydra.run.dir={tmp_path}/best"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    results = json.loads((tmp_path / "best" / "results.json").read_text())
+    best = study_of(tmp_path).best_trial
+    assert results["val/acc"] == pytest.approx(best.value)  # same config, same seed, same result
+
+
+def test_the_pruner_prunes_hopeless_trials(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
+                            "optimizer.lr=choice(0.05,0.0000001)", "model.blocks.0=choice(1,2)",
+                            "hydra.sweeper.pruner.n_startup_trials=1", "trainer.epochs=4",
+                            n_trials=4), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert len(trials) == 4 and trials[0].state == TrialState.COMPLETE  # the startup trial
+    hopeless = [t for t in trials[1:] if t.params["optimizer.lr"] < 1e-3]
+    assert hopeless and all(t.state == TrialState.PRUNED for t in hopeless)
+    for t in trials:
+        if t.state == TrialState.PRUNED:  # stopped early, its per-epoch values kept
+            assert 1 <= len(t.intermediate_values) < 4 and t.user_attrs["reason"].startswith("pruned")
+
+
+def test_a_raising_and_a_diverging_trial_are_recorded_and_the_sweep_goes_on(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
+                            "model.width=choice(4,0)", "optimizer.lr=choice(0.05,1e12)",
+                            "hydra.sweeper.pruner.name=none", "hydra.sweeper.max_failure_rate=0.5",
+                            n_trials=4), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_params = {(t.params["model.width"], t.params["optimizer.lr"]): t for t in study_of(tmp_path).trials}
+    assert by_params[(4, 0.05)].state == TrialState.COMPLETE
+    diverged = by_params[(4, 1e12)]
+    assert diverged.state == TrialState.PRUNED and diverged.user_attrs["reason"].startswith("diverged")
+    for lr in (0.05, 1e12):
+        failed = by_params[(0, lr)]
+        assert failed.state == TrialState.FAIL and "model.width=0" in failed.user_attrs["reason"]
+
+
+def test_too_many_failures_stop_the_sweep_with_one_line(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=0", "hydra.sweeper.max_failure_rate=0.0"),
+                 tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 trials failed")
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL]
+
+
+def test_a_sweep_where_every_trial_fails_ends_with_one_line(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=0", "hydra.sweeper.max_failure_rate=1.0",
+                            n_trials=2), tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no trial of study 'smoke' completed") and "model.width=0" in last
+
+
+def test_resume_after_sigkill_runs_only_the_missing_trials(cifar_root, tmp_path):
+    args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none", "trainer.epochs=12",
+                      n_trials=3)
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "multirun" / "0" / "train.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "epoch 1/12" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-trial: no chance to clean up
+    proc.wait()
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.RUNNING]
+
+    again = sweep(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[0].user_attrs["reason"] == "killed"
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3  # no configuration twice
+    assert all((tmp_path / "multirun" / str(n) / "results.json").is_file() for n in (1, 2))
+
+    done = sweep(args, tmp_path)  # complete: a third run trains nothing
+    assert done.returncode == 0 and len(study_of(tmp_path).trials) == 3
+
+
+def test_two_workers_share_one_study_without_duplicates(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.n_jobs=2",
+                            "hydra.sweeper.pruner.name=none", n_trials=4), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # both processes ran trials
+    assert (tmp_path / "multirun" / "worker-1.log").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.blok=range(1,3)", "hydra.sweeper.params key 'model.blok' does not exist"),
+    ("hydra.sweeper.params=null", "hydra.sweeper.params is empty"),
+])
+def test_a_bad_search_space_is_one_line(cifar_root, tmp_path, override, message):
+    proc = sweep(sweep_args(cifar_root, tmp_path, override), tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+
+
+def test_an_existing_study_with_another_direction_is_refused(cifar_root, tmp_path):
+    optuna.create_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/optuna.db",
+                        direction="minimize")
+    proc = sweep(sweep_args(cifar_root, tmp_path), tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "exists with direction ['minimize']" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_without_multirun_a_sweep_preset_says_so(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path)[1:], tmp_path)
+    assert proc.returncode == 2 and "needs --multirun" in proc.stderr
+
+
+def test_a_sweep_is_one_mlflow_parent_with_a_child_per_trial(cifar_root, mlflow_uri, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "tracking=mlflow", f"tracking.uri={mlflow_uri}",
+                            "hydra.sweeper.pruner.name=none"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, runs = runs_of(mlflow_uri)
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 4 and len(children) == 3
+    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1", "trial-2"]
+    assert sorted(r.data.tags["trial"] for r in children) == ["0", "1", "2"]
+    for child in children:
+        assert child.info.status == "FINISHED" and "model.blocks.0" in child.data.params
+        assert len(client.get_metric_history(child.info.run_id, "val/acc")) == 2
+        files = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "model.pt", "learning_curves.png", "confusion_matrix.png"} <= files
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.study"] == "smoke"
+    assert "space.optimizer.lr" in parent.data.params and "sampler" in parent.data.params
+    best = study_of(tmp_path).best_trial
+    assert parent.data.metrics["best/value"] == pytest.approx(best.value)
+    assert parent.data.tags["best.trial"] == str(best.number)
+    files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"optimization_results.yaml", "optimization_history.png", "parallel_coordinate.png",
+            "param_importances.png"} <= files
