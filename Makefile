@@ -30,7 +30,13 @@ smoke: $(VENV)/installed ## train the smoke preset on real CIFAR-10 (under a min
 train: $(VENV)/installed ## train the default model (pre-act ResNet-18) on real CIFAR-10
 	$(PY) -m sweeper.train data.root=$(DATA)
 
-clean: ## remove run outputs and caches (keeps .venv and mlflow.db)
+sweep: $(VENV)/installed ## search blocks per stage and lr with Optuna (resumable: run it again)
+	$(PY) -m sweeper.train --multirun sweep=blocks_lr data.root=$(DATA)
+
+ui: $(VENV)/installed ## MLflow UI for ./mlflow.db on http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## remove run outputs and caches (keeps .venv, mlflow.db and optuna.db)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint smoke train clean
+.PHONY: help install test test-all lint smoke train sweep ui clean

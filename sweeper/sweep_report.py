@@ -30,8 +30,11 @@ def outcome(ret: Any, objectives: list[str]) -> tuple[TrialState, list[float] | 
             return TrialState.FAIL, None, f"results.json lacks an objective of {objectives}"
     if status in ("pruned", "diverged"):
         return TrialState.PRUNED, None, f"{status}: {results.get('message', '')}"
-    error = ret._return_value if isinstance(ret._return_value, BaseException) else None
-    return TrialState.FAIL, None, f"{type(error).__name__}: {error}" if error else f"status {status}"
+    try:
+        _ = ret.return_value  # re-raises what the job raised, if it raised
+    except Exception as error:
+        return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
+    return TrialState.FAIL, None, f"results.json says status {status}"
 
 
 def parent_run(job_cfg: Any, study: optuna.Study, sweeper: Any, space: dict,

@@ -1,5 +1,6 @@
 """Sweeps as users run them: real `--multirun` subprocesses, tiny synthetic data, CPU."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import optuna
 import pytest
@@ -189,3 +191,24 @@ def test_a_sweep_is_one_mlflow_parent_with_a_child_per_trial(cifar_root, mlflow_
     files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"optimization_results.yaml", "optimization_history.png", "parallel_coordinate.png",
             "param_importances.png"} <= files
+
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.mark.postgres
+def test_workers_on_postgresql_share_one_study_exactly(cifar_root, tmp_path):
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    try:
+        proc = sweep(sweep_args(cifar_root, tmp_path, f"hydra.sweeper.storage={PG}",
+                                f"hydra.sweeper.study_name={name}", "hydra.sweeper.n_jobs=2",
+                                "hydra.sweeper.pruner.n_startup_trials=1", n_trials=4), tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        trials = optuna.load_study(study_name=name, storage=PG).trials
+        assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        assert all(t.intermediate_values for t in trials)  # jobs reported through PostgreSQL
+        assert len({t.user_attrs["worker"] for t in trials}) == 2
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=PG)
