@@ -15,11 +15,11 @@ $(VENV)/installed: pyproject.toml
 
 install: $(VENV)/installed ## create .venv and install the project with its test tools
 
-test: $(VENV)/installed ## run the fast test suite (synthetic data, CPU, about 2 minutes)
-	$(PY) -m pytest
+test: $(VENV)/installed ## run the test suite (synthetic data, CPU, about 3 minutes on 2 cores)
+	$(PY) -m pytest -n 2
 
-test-all: $(VENV)/installed ## run every test, slow ones included
-	$(PY) -m pytest -m ""
+test-system: $(VENV)/installed ## system tests: kills and resume, workers, PostgreSQL, MLflow server
+	$(PY) -m pytest -n 2 -m "slow or postgres"
 
 lint: $(VENV)/installed ## check style with ruff
 	$(VENV)/bin/ruff check sweeper tests
@@ -39,4 +39,4 @@ ui: $(VENV)/installed ## MLflow UI for ./mlflow.db on http://127.0.0.1:5000
 clean: ## remove run outputs and caches (keeps .venv, mlflow.db and optuna.db)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
 
-.PHONY: help install test test-all lint smoke train sweep ui clean
+.PHONY: help install test test-system lint smoke train sweep ui clean

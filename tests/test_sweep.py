@@ -106,6 +106,7 @@ def test_a_sweep_where_every_trial_fails_ends_with_one_line(cifar_root, tmp_path
     assert last.startswith("error: no trial of study 'smoke' completed") and "model.width=0" in last
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_runs_only_the_missing_trials(cifar_root, tmp_path):
     args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none", "trainer.epochs=12",
                       n_trials=3)
@@ -133,6 +134,7 @@ def test_resume_after_sigkill_runs_only_the_missing_trials(cifar_root, tmp_path)
     assert done.returncode == 0 and len(study_of(tmp_path).trials) == 3
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicates(cifar_root, tmp_path):
     proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.n_jobs=2",
                             "hydra.sweeper.pruner.name=none", n_trials=4), tmp_path)
@@ -196,6 +198,7 @@ def test_a_sweep_is_one_mlflow_parent_with_a_child_per_trial(cifar_root, mlflow_
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_workers_on_postgresql_share_one_study_exactly(cifar_root, tmp_path):
     name = f"pg-{uuid.uuid4().hex[:8]}"

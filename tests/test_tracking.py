@@ -145,6 +145,7 @@ def mlflow_server(mlflow_template, tmp_path_factory):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_runs_log_to_a_real_tracking_server(cifar_root, mlflow_server, tmp_path):
     url, artifact_root = mlflow_server
     proc = run_cli(*TINY, f"data.root={cifar_root}", "tracking=mlflow", f"tracking.uri={url}",

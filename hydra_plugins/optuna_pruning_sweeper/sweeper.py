@@ -68,6 +68,10 @@ class OptunaPruningSweeper(Sweeper):
         except SweeperError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            print(f"interrupted: the running trial is FAIL; run the same command to resume study "
+                  f"'{self.study_name}'", file=sys.stderr)
+            sys.exit(130)
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -137,12 +141,11 @@ class OptunaPruningSweeper(Sweeper):
                  type(study.sampler).__name__, self.pruner_cfg.name)
         helpers = [] if worker else self._start_workers(sweep_dir, parent)
         allowed_failures = math.floor(self.max_failure_rate * self.n_trials)
-        failures = 0
         try:
             while (trial := self._ask(study, space)) is not None:
-                state = self._run_trial(study, trial, fixed_lines, parent)
-                failures += state == TrialState.FAIL
+                self._run_trial(study, trial, fixed_lines, parent)
                 sweep_report.progress(parent, study)
+                failures = _count_failures(study)
                 if failures > allowed_failures:
                     raise SweepError(
                         f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
@@ -260,6 +263,12 @@ def _fail_stale_trials(study: optuna.Study) -> None:
                         t.number, owner)
             optuna.trial.Trial(study, t._trial_id).set_user_attr("reason", "killed")
             _tell(study, t.number, state=TrialState.FAIL)
+
+
+def _count_failures(study: optuna.Study) -> int:
+    """Failed trials of the whole study, all workers; trials killed with their sweep do not count."""
+    return sum(t.user_attrs.get("reason") not in ("killed", "interrupted")
+               for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
 
 def _tell(study: optuna.Study, trial, values=None, state=None) -> None:
