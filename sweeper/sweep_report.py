@@ -49,7 +49,10 @@ def parent_run(job_cfg: Any, study: optuna.Study, sweeper: Any, space: dict,
                      "sampler.settings": json.dumps(OmegaConf.to_container(sweeper.sampler_cfg)),
                      "pruner": json.dumps(OmegaConf.to_container(sweeper.pruner_cfg)),
                      "storage": tracking.redact(str(sweeper.storage))})
-    return tracking.open_sweep_run(job_cfg, sweeper.study_name, settings, run_id=resume_id)
+    parent = tracking.open_sweep_run(job_cfg, sweeper.study_name, settings, run_id=resume_id)
+    parent.kill_orphans({t.number for t in study.get_trials(deepcopy=False,
+                                                             states=(TrialState.RUNNING,))})
+    return parent
 
 
 def progress(parent, study: optuna.Study) -> None:

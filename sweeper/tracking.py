@@ -243,6 +243,19 @@ class SweepRun:
                                                     for k, v in metrics.items()],
                               tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def kill_orphans(self, live_trials: set[int]) -> None:
+        """Children left RUNNING by a killed sweep (their trial no longer runs) become KILLED."""
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        children = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' "
+                                           f"and attributes.status = 'RUNNING'")
+        for child in children:
+            if int(child.data.tags.get("trial", -1)) not in live_trials:
+                log.warning("MLflow run %s (trial %s) was left running: marking it KILLED",
+                            child.info.run_id, child.data.tags.get("trial"))
+                self.client.set_tag(child.info.run_id, "status", "killed")
+                self.client.set_terminated(child.info.run_id, status="KILLED")
+
     def end(self, status: str, message: str = "", files: list[Path] = ()) -> None:
         for path in files:
             self.client.log_artifact(self.run_id, str(path))

@@ -107,9 +107,9 @@ def test_a_sweep_where_every_trial_fails_ends_with_one_line(cifar_root, tmp_path
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_runs_only_the_missing_trials(cifar_root, tmp_path):
+def test_resume_after_sigkill_runs_only_the_missing_trials(cifar_root, mlflow_uri, tmp_path):
     args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none", "trainer.epochs=12",
-                      n_trials=3)
+                      "tracking=mlflow", f"tracking.uri={mlflow_uri}", n_trials=3)
     proc = subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "multirun" / "0" / "train.log"
@@ -133,11 +133,19 @@ def test_resume_after_sigkill_runs_only_the_missing_trials(cifar_root, tmp_path)
     done = sweep(args, tmp_path)  # complete: a third run trains nothing
     assert done.returncode == 0 and len(study_of(tmp_path).trials) == 3
 
+    _, runs = runs_of(mlflow_uri)  # one parent, reused on resume; the killed child is KILLED
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.data.tags["trial"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert parent.info.status == "FINISHED" and sorted(children) == ["0", "1", "2"]
+    assert children["0"].info.status == "KILLED" and children["0"].data.tags["status"] == "killed"
+    assert all(children[n].info.status == "FINISHED" for n in ("1", "2"))
+
 
 @pytest.mark.slow
-def test_two_workers_share_one_study_without_duplicates(cifar_root, tmp_path):
-    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.n_jobs=2",
-                            "hydra.sweeper.pruner.name=none", n_trials=4), tmp_path)
+def test_two_workers_share_one_study_without_duplicates(cifar_root, mlflow_uri, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.n_jobs=2", "tracking=mlflow",
+                            f"tracking.uri={mlflow_uri}", "hydra.sweeper.pruner.name=none",
+                            n_trials=4), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = study_of(tmp_path).trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
@@ -145,6 +153,10 @@ def test_two_workers_share_one_study_without_duplicates(cifar_root, tmp_path):
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes ran trials
     assert (tmp_path / "multirun" / "worker-1.log").is_file()
+    _, runs = runs_of(mlflow_uri)  # trials of both processes are children of the one parent
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 5 and sorted(r.data.tags["trial"] for r in children) == ["0", "1", "2", "3"]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -215,3 +227,38 @@ def test_workers_on_postgresql_share_one_study_exactly(cifar_root, tmp_path):
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=PG)
+
+
+def test_a_configuration_is_never_trained_twice(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.params=null", "model.blocks.0=choice(1,2)",
+                            "hydra.sweeper.pruner.name=none", "trainer.epochs=1", n_trials=5), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(trials) == 5 and len(repeats) >= 3  # only 2 distinct configurations exist
+    for t in repeats:
+        first = trials[t.user_attrs["duplicate_of"]]
+        assert first.params == t.params and t.value == first.value
+        assert not (tmp_path / "multirun" / str(t.number)).exists()  # nothing was trained
+
+
+def test_two_objectives_give_a_pareto_front(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=nsgaii",
+                            "hydra.sweeper.direction=[maximize,minimize]",
+                            "hydra.sweeper.objectives=[val/acc,n_params]", "hydra.sweeper.pruner.name=none",
+                            "trainer.epochs=1", n_trials=3), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
+    assert all(t.values[1] == json.loads((tmp_path / "multirun" / str(t.number) / "results.json")
+                                         .read_text())["n_params"] for t in trials)
+    results = (tmp_path / "multirun" / "optimization_results.yaml").read_text()
+    assert "solutions:" in results and "values:" in results
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes", "gp", "qmc"])
+def test_each_sampler_runs_a_sweep(cifar_root, tmp_path, sampler):
+    proc = sweep(sweep_args(cifar_root, tmp_path, f"hydra/sweeper/sampler={sampler}",
+                            "hydra.sweeper.pruner.name=none", "trainer.epochs=1", n_trials=2), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE] * 2
