@@ -8,6 +8,7 @@ wrong type fails when Hydra composes the config. `validate` then checks what typ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -107,6 +108,14 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = 0  # seeds weights, the validation split, shuffling and augmentation
+
+
+def absolute_sqlite_url(url: str | None) -> str | None:
+    """`sqlite:///x.db` -> `sqlite:////launch/dir/x.db`, so every job and worker opens the same file."""
+    prefix = "sqlite:///"
+    if url and url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str(Path(url[len(prefix):]).absolute())
+    return url
 
 
 def register() -> None:

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import register, validate
+from sweeper.config import absolute_sqlite_url, register, validate
 from sweeper.engine import train
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.tracking import open_tracker, redact
@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> float:
             raise ConfigError(f"sweep={hydra_cfg.runtime.choices['sweep']} needs --multirun: "
                               f"python -m sweeper.train --multirun sweep=...")
         cfg.data.root = to_absolute_path(cfg.data.root)
-        cfg.tracking.uri = absolute_sqlite_uri(cfg.tracking.uri)
+        cfg.tracking.uri = absolute_sqlite_url(cfg.tracking.uri)
         validate(cfg)
         (out_dir / "config.yaml").write_text(redact_yaml(cfg))
         tags = {"hydra_overrides": redact(" ".join(hydra_cfg.overrides.task))}
@@ -66,14 +66,6 @@ def main(cfg: DictConfig) -> float:
         print(f"error: diverged: {result.message}", file=sys.stderr)
         sys.exit(3)
     return result.objective
-
-
-def absolute_sqlite_uri(uri: str) -> str:
-    """`sqlite:///mlflow.db` -> `sqlite:////launch/dir/mlflow.db`, so every job finds the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + to_absolute_path(uri[len(prefix):])
-    return uri
 
 
 def redact_yaml(cfg: DictConfig) -> str:

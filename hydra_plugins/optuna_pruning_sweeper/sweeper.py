@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import hydra_plugins.optuna_pruning_sweeper.config  # noqa: F401  (registers hydra/sweeper)
 from sweeper import sweep_report
+from sweeper.config import absolute_sqlite_url
 from sweeper.errors import SweeperError
 from sweeper.tracking import redact
 
@@ -100,7 +101,7 @@ class OptunaPruningSweeper(Sweeper):
         if self.study_name is None:  # same search space, same study: a re-run resumes it
             digest = hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()[:8]
             self.study_name = f"sweep-{digest}"
-        self.storage = _absolute_sqlite(self.storage)
+        self.storage = absolute_sqlite_url(self.storage)
         try:
             study = optuna.create_study(study_name=self.study_name, storage=self.storage,
                                         directions=self.directions, load_if_exists=True)
@@ -219,13 +220,6 @@ class OptunaPruningSweeper(Sweeper):
 
 
 _MISSING = object()
-
-
-def _absolute_sqlite(url: str | None) -> str | None:
-    prefix = "sqlite:///"
-    if url and url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return prefix + str(Path(url[len(prefix):]).absolute())
-    return url
 
 
 @contextlib.contextmanager
