@@ -108,7 +108,9 @@ def test_ctrl_c_leaves_a_run_marked_interrupted(cifar_root, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeper.train", *TINY, f"data.root={cifar_root}", "trainer.epochs=500",
          f"hydra.run.dir={run_dir}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # pytest-xdist workers ignore SIGINT and children inherit that; a terminal's child does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = run_dir / "train.log"
     deadline = time.monotonic() + 60
     while not (log.exists() and "epoch 1/500" in log.read_text()):
