@@ -8,7 +8,6 @@ truthfully. The engine only calls `log_facts` and `log_metrics`.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import subprocess
@@ -190,16 +189,15 @@ class MlflowTracker:
 
 
 def run_files(out_dir: Path, result) -> list[Path]:
-    """Files of a run directory worth keeping as artifacts; plots are drawn here from results.json."""
+    """Files of a run directory worth keeping as artifacts, plus the run's two plots drawn here."""
     from sweeper import plots
 
-    results = json.loads((out_dir / "results.json").read_text())
     files = [out_dir / name for name in ("config.yaml", "results.json", "model.pt")]
     files += sorted(out_dir.glob("*.log"))
     if result.history:
         files.append(plots.learning_curves(result.history, out_dir / "learning_curves.png"))
-    if results.get("test/confusion"):
-        files.append(plots.confusion_matrix(results["test/confusion"], list(CLASSES),
+    if result.test_confusion:
+        files.append(plots.confusion_matrix(result.test_confusion, list(CLASSES),
                                             out_dir / "confusion_matrix.png"))
     return [f for f in files if f.is_file()]
 

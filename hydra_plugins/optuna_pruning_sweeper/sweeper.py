@@ -171,7 +171,7 @@ class OptunaPruningSweeper(Sweeper):
             return trial
 
     def _run_trial(self, study: optuna.Study, trial: optuna.Trial, fixed_lines: list[str],
-                   parent) -> TrialState:
+                   parent) -> None:
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                     TrialState.PRUNED))]
         same = next((t for t in done if t.params == trial.params), None)
@@ -180,7 +180,7 @@ class OptunaPruningSweeper(Sweeper):
             log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number, same.number,
                      trial.params)
             _tell(study, trial, same.values, state=same.state)
-            return same.state
+            return
         overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed_lines + [
             f"trial.number={trial.number}", f"trial.study={self.study_name}",
             f"tracking.run_name=trial-{trial.number}"]
@@ -201,7 +201,6 @@ class OptunaPruningSweeper(Sweeper):
         _tell(study, trial, values if state == TrialState.COMPLETE else None, state=state)
         log.info("Trial %d: %s%s", trial.number, state.name,
                  f" {values}" if state == TrialState.COMPLETE else f" ({reason})")
-        return state
 
     def _start_workers(self, sweep_dir: Path, parent) -> list[subprocess.Popen]:
         """n_jobs - 1 more processes running this same command on the same study and sweep dir."""
