@@ -73,9 +73,11 @@ class TrainerConfig:
     batch_size: int = 128  # images per optimizer step
     device: str = "auto"  # auto | cpu | cuda (auto = cuda when available)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto = bf16 on cuda, fp32 on cpu)
-    channels_last: bool | None = None  # NHWC memory format (null = on for cuda only)
+    channels_last: bool | None = None  # NHWC memory format (null = on: faster on cuda and cpu)
     compile: bool | None = None  # torch.compile the model (null = on for cuda only)
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
+    ema: float = 0.0  # per-step decay of an average of the weights used for evaluation (0 = off)
+    tta: bool = False  # evaluate on each image and its mirror image, averaging the predictions
     eval_batch_size: int = 1024  # images per forward pass when evaluating
     log_every: int = 2000  # print "[epoch, batch] loss" every this many batches (0 = never)
     save_model: bool = True  # write the final weights to model.pt in the run's output directory
@@ -184,4 +186,5 @@ def validate(cfg: Any) -> None:
     _one_of("trainer.precision", tr.precision, PRECISIONS)
     _require(0 <= tr.label_smoothing < 1, "trainer.label_smoothing", "a float in [0, 1)",
              tr.label_smoothing)
+    _require(0 <= tr.ema < 1, "trainer.ema", "a decay in [0, 1) (0 = off), e.g. 0.99", tr.ema)
     _require(tr.log_every >= 0, "trainer.log_every", "an int >= 0 (0 = never)", tr.log_every)

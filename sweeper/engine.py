@@ -43,6 +43,8 @@ class Result:
     epochs_completed: int = 0
     train_time_s: float = 0.0  # time spent in training steps, evaluation excluded
     images_per_s: float = 0.0  # training images per second of train_time_s
+    startup_s: float = 0.0  # from the call of train() to the end of the first step
+    first_step_at: float = 0.0  # when the first step ended (Unix time)
     device: str = ""
     message: str = ""  # why the run stopped early, if it did
     history: list = field(default_factory=list)  # one dict of metrics per epoch
@@ -90,6 +92,40 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2))
 
 
+# The compiled model of the last shape trained in this process, reused (with fresh weights) by the
+# next run of the same shape, so a sweep's trials do not compile the same graph again.
+_compiled: dict[tuple, tuple[nn.Module, Callable]] = {}
+
+
+def build_compiled(cfg, device: torch.device, channels_last: bool,
+                   use_compile: bool) -> tuple[nn.Module, Callable]:
+    """(model, forward): the network of `cfg` with fresh seeded weights, and the callable to train.
+
+    `forward` is the torch.compile'd model when `use_compile`, else the model itself.
+    """
+    model = build_model(cfg)  # initialised from torch's seeded generator, on the CPU
+    key = (tuple(cfg.blocks), cfg.width, cfg.num_classes, str(device), channels_last)
+    if use_compile and key in _compiled:
+        cached, forward = _compiled[key]
+        cached.load_state_dict(model.state_dict())  # in place: memory format and graph are kept
+        return cached.train(), forward
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if not use_compile:
+        return model, model
+    _compiled.clear()
+    _compiled[key] = model, torch.compile(model)
+    return _compiled[key]
+
+
+def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s weights and BN statistics, updated per step."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -105,8 +141,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Split, mean: torch.Tensor, std: torch.Tensor,
              batch_size: int, amp: torch.dtype | None = None,
-             channels_last: bool = False) -> torch.Tensor:
-    """Predicted class of every image of `data`, in eval mode, in large batches."""
+             channels_last: bool = False, tta: bool = False) -> torch.Tensor:
+    """Predicted class of every image of `data`, in eval mode, in large batches.
+
+    With `tta`, the logits of each image and of its mirror image are averaged.
+    """
     was_training = model.training
     model.eval()
     preds = []
@@ -115,7 +154,10 @@ def evaluate(model: nn.Module, data: Split, mean: torch.Tensor, std: torch.Tenso
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(x.device, amp):
-            preds.append(model(x).argmax(1))
+            logits = model(x).float()
+            if tta:
+                logits += model(x.flip(3)).float()
+        preds.append(logits.argmax(1))
     model.train(was_training)
     return torch.cat(preds)
 
@@ -147,6 +189,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     `on_epoch(epoch, metrics)` is called after every epoch's validation; an exception it raises
     stops training (the run is recorded with status "failed" unless the exception says otherwise).
     """
+    entered = time.perf_counter()
     tracker = tracker if tracker is not None else NullTracker()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
@@ -160,23 +203,25 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     tr = cfg.trainer
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    channels_last = tr.channels_last if tr.channels_last is not None else device.type == "cuda"
+    channels_last = tr.channels_last if tr.channels_last is not None else True
     use_compile = tr.compile if tr.compile is not None else device.type == "cuda"
     amp = autocast_dtype(tr.precision, device)
-    model = build_model(cfg.model).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, forward = build_compiled(cfg.model, device, channels_last, use_compile)
     result = Result(status="running", n_params=count_parameters(model), device=describe(device))
     log.info("Model: blocks %s, width %d, %.2fM parameters", list(cfg.model.blocks),
              cfg.model.width, result.n_params / 1e6)
     tracker.log_facts({"n_params": result.n_params, "device": result.device,
                        "torch_version": torch.__version__})
-    forward = torch.compile(model) if use_compile else model
     optimizer = build_optimizer(model, cfg.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    ema = build_ema(model, tr.ema) if tr.ema else None
+    eval_model = ema.module if ema is not None else model
     mean = torch.tensor(list(cfg.data.mean), device=device)
     std = torch.tensor(list(cfg.data.std), device=device)
     augment = Augment(cfg.augment, mean, std, gen)
+
+    def predict(data: Split) -> torch.Tensor:
+        return evaluate(eval_model, data, mean, std, tr.eval_batch_size, amp, channels_last, tr.tta)
 
     steps_per_epoch = math.ceil(len(train_set) / tr.batch_size)
     total_steps = steps_per_epoch * tr.epochs
@@ -206,7 +251,15 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
+                if step == 1:  # the cost of a trial's start: data, model, compile, first step
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    result.startup_s = time.perf_counter() - entered
+                    result.first_step_at = time.time()
+                    log.info("First step after %.1f s", result.startup_s)
                 loss = loss.detach().float()
                 loss_sum += loss
                 window += loss
@@ -227,7 +280,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 torch.cuda.synchronize(device)
             epoch_s = time.perf_counter() - epoch_start
             result.train_time_s += epoch_s
-            val_preds = evaluate(model, val_set, mean, std, tr.eval_batch_size, amp, channels_last)
+            val_preds = predict(val_set)
             metrics = {
                 "train/loss": loss_sum.item() / steps_per_epoch,
                 "train/acc": correct.item() / len(train_set),
@@ -256,7 +309,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         raise
 
     if result.status == "running":
-        test_preds = evaluate(model, test_set, mean, std, tr.eval_batch_size, amp, channels_last)
+        test_preds = predict(test_set)
         result.test_acc = (test_preds == test_set.y).float().mean().item()
         result.test_acc_per_class = per_class_accuracy(test_preds, test_set.y)
         result.test_confusion = confusion(test_preds, test_set.y)
@@ -267,7 +320,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                  100 * result.test_acc)
         log.info("Validation accuracy (the objective): %.1f %%", 100 * result.val_acc)
         if out_dir is not None and tr.save_model:
-            save_weights(model, Path(out_dir) / "model.pt")
+            save_weights(eval_model, Path(out_dir) / "model.pt")
     _finish(result, out_dir)
     return result
 

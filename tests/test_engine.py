@@ -64,3 +64,56 @@ def test_an_exception_from_the_epoch_callback_is_recorded_and_raised(tiny_cfg, t
         train(tiny_cfg, out_dir=tmp_path, on_epoch=on_epoch)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "pruned" and results["epochs_completed"] == 1
+
+
+def test_tta_and_ema_evaluate_an_other_model_of_the_same_run(tiny_cfg):
+    plain = train(tiny_cfg)
+    tiny_cfg.trainer.tta = True
+    tta = train(tiny_cfg)
+    # same training, so same loss; evaluation differs (mirror images averaged in)
+    assert tta.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
+    assert tta.status == "completed" and 0 <= tta.val_acc <= 1
+    tiny_cfg.trainer.tta, tiny_cfg.trainer.ema = False, 0.9
+    ema = train(tiny_cfg)
+    assert ema.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
+    assert ema.status == "completed" and 0 <= ema.val_acc <= 1
+
+
+def test_evaluate_with_tta_is_mirror_invariant():
+    import torch
+
+    from sweeper.data import Split
+    from sweeper.engine import evaluate
+    from sweeper.model import PreActResNet
+
+    torch.manual_seed(0)
+    model = PreActResNet([1, 1, 1, 1], width=4)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    y = torch.zeros(16, dtype=torch.long)
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    a = evaluate(model, Split(x, y), mean, std, 8, tta=True)
+    b = evaluate(model, Split(x.flip(3), y), mean, std, 8, tta=True)
+    assert torch.equal(a, b)
+
+
+def test_startup_is_timed(tiny_cfg):
+    import time
+
+    before = time.time()
+    result = train(tiny_cfg)
+    assert 0 < result.startup_s < result.train_time_s + 60
+    assert before < result.first_step_at < time.time()
+
+
+def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(tiny_cfg):
+    """Same shape: the compiled module is reused, with fresh weights; the runs train alike."""
+    from sweeper.engine import _compiled
+
+    tiny_cfg.trainer.compile = True
+    tiny_cfg.trainer.epochs = 1
+    first = train(tiny_cfg)
+    compiled = next(iter(_compiled.values()))[1]
+    second = train(tiny_cfg)
+    assert next(iter(_compiled.values()))[1] is compiled
+    assert second.history[-1]["train/loss"] == pytest.approx(first.history[-1]["train/loss"], rel=1e-5)
+    assert second.startup_s < first.startup_s

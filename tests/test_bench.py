@@ -1,0 +1,39 @@
+"""The benchmark runs end to end on tiny data and reports what it promises (no timing asserted)."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_bench_writes_json_and_prints_a_table(cifar_root, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweeper.bench", "--widths", "4", "--blocks", "1", "1", "1", "1",
+         "--batch-size", "32", "--images", "64", "--reps", "2", "--device", "cpu",
+         "--variants", "sweeper", "sweeper-eager", "--data-root", str(cifar_root), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    width = report["widths"]["4"]
+    assert width["images_per_epoch"] == 64
+    for name in ("reference", "sweeper", "sweeper-eager"):
+        assert len(width["images_per_s"][name]["values"]) == 2  # interleaved rounds
+        assert width["images_per_s"][name]["median"] > 0
+    ratio = width["ratio_to_reference"]["sweeper"]
+    assert ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert ratio["values"] == [a / b for a, b in zip(width["images_per_s"]["sweeper"]["values"],
+                                                       width["images_per_s"]["reference"]["values"])]
+    assert len(width["in_process_startup_s"]["sweeper"]["cached"]) == 1
+    fresh = report["fresh_process"]
+    assert 0 < fresh["in_train_to_first_step_s"] < fresh["launch_to_first_step_s"] < fresh["whole_run_s"]
+    assert report["data_load_s"] > 0 and report["device"].startswith("cpu")
+    assert "x reference" in proc.stdout and "sweeper-eager" in proc.stdout
+
+
+def test_bench_bad_data_root_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sweeper.bench", "--data-root", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: CIFAR-10 not found") and proc.stderr.count("\n") == 1
