@@ -81,6 +81,10 @@ class TrainerConfig:
     eval_batch_size: int = 1024  # images per forward pass when evaluating
     log_every: int = 2000  # print "[epoch, batch] loss" every this many batches (0 = never)
     save_model: bool = True  # write the final weights to model.pt in the run's output directory
+    checkpoint: bool = True  # write checkpoint.pt to the output directory after every epoch
+    # (removed once the run completes); see resume
+    resume: bool = False  # continue from checkpoint.pt in the output directory (hydra.run.dir=...)
+    # when there is one; start from scratch when there is none
 
 
 @dataclass
@@ -118,6 +122,53 @@ def absolute_sqlite_url(url: str | None) -> str | None:
     if url and url.startswith(prefix) and not url.startswith(prefix + "/"):
         return prefix + str(Path(url[len(prefix):]).absolute())
     return url
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
+    """Refuse a malformed override or an unknown option of a config group with a one-line error.
+
+    Hydra reports both itself, over many lines; this runs first. Groups are the folders of conf/
+    (and of `config_dirs` and file:// entries of hydra.searchpath, where presets such as a sweep's
+    experiment/best.yaml live).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            parsed.append(parser.parse_overrides([text])[0])
+        except HydraException as e:
+            lines = str(e).splitlines()
+            reason = lines[1] if len(lines) > 1 else lines[0] if lines else "syntax error"
+            raise ConfigError(f"cannot parse the override {text!r}: {reason} (grammar: https://"
+                              f"hydra.cc/docs/advanced/override_grammar/basic/)") from None
+    dirs = [CONF_DIR, *map(Path, config_dirs)]
+    for override in parsed:
+        if override.key_or_group == "hydra.searchpath" and isinstance(override.value(), list):
+            for entry in override.value():
+                if not str(entry).startswith("file://"):
+                    return  # a package on the search path: leave the options to Hydra
+                dirs.append(Path(str(entry)[len("file://"):]))
+    for override in parsed:
+        group = override.key_or_group
+        folders = [d / group for d in dirs if (d / group).is_dir()]
+        if override.is_delete() or group.startswith("hydra") or not folders:
+            continue
+        try:
+            values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                      else [override.value()])
+        except HydraException:
+            continue  # a range or interval sweep of a group: Hydra will say what is wrong
+        allowed = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
+        for value in values:
+            if value is None or (isinstance(value, str) and value not in allowed):
+                raise ConfigError(f"{group}={value if value is not None else 'null'} is invalid: "
+                                  f"allowed values are {', '.join(allowed)}")
 
 
 def register() -> None:

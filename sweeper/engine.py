@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sweeper import checkpoint
 from sweeper.config import validate
 from sweeper.data import CLASSES, Augment, Split, load_cifar10, normalize, split
 from sweeper.errors import ConfigError
 from sweeper.model import build_model, count_parameters
+from sweeper.outputs import writable_dir
 from sweeper.schedule import lr_at
 from sweeper.tracking import NullTracker
 
@@ -192,6 +194,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     entered = time.perf_counter()
     tracker = tracker if tracker is not None else NullTracker()
     validate(cfg)
+    if out_dir is not None:
+        out_dir = writable_dir(Path(out_dir))
     device = resolve_device(cfg.trainer.device)
     log.info("Using device: %s", describe(device))
     data = load_cifar10(str(cfg.data.root), cfg.data.download)
@@ -226,10 +230,22 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     steps_per_epoch = math.ceil(len(train_set) / tr.batch_size)
     total_steps = steps_per_epoch * tr.epochs
     check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
+    ckpt_path = Path(out_dir) / checkpoint.FILE if out_dir is not None else None
+    parts = {"model": model, "optimizer": optimizer, "scaler": scaler, "ema": ema}
+    step = 0
+    if tr.resume:
+        if ckpt_path is None:
+            raise ConfigError("trainer.resume=true is invalid here: it needs the run's output "
+                              "directory, which holds checkpoint.pt")
+        if ckpt_path.exists():
+            step = _restore(checkpoint.load(ckpt_path, cfg), parts, gen, result, tracker)
+            log.info("Resuming from %s: %d of %d epochs done", ckpt_path, result.epochs_completed,
+                     tr.epochs)
+        else:
+            log.info("trainer.resume: no %s yet, starting from scratch", ckpt_path)
     start = time.perf_counter()
     try:
-        step = 0
-        for epoch in range(1, tr.epochs + 1):
+        for epoch in range(result.epochs_completed + 1, tr.epochs + 1):
             epoch_start = time.perf_counter()
             perm = torch.randperm(len(train_set), generator=gen, device=device)
             loss_sum = torch.zeros((), device=device)  # summed over the epoch's batches
@@ -296,6 +312,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             log.info("epoch %d/%d: train/loss %.4f  train/acc %.4f  val/acc %.4f  lr %.4g  "
                      "(%.1f s, %.0f img/s)", epoch, tr.epochs, metrics["train/loss"],
                      metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"])
+            if ckpt_path is not None and tr.checkpoint:
+                checkpoint.save(ckpt_path, _snapshot(cfg, epoch, step, parts, gen, result))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     except Diverged as e:
@@ -305,7 +323,12 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         result.status = "interrupted" if isinstance(e, KeyboardInterrupt) else getattr(
             e, "status", "failed")
         result.message = f"{type(e).__name__}: {e}"
-        _finish(result, out_dir)
+        if result.status == "pruned" and ckpt_path is not None:
+            ckpt_path.unlink(missing_ok=True)  # nothing will resume a pruned trial
+        try:
+            _finish(result, out_dir)
+        except OSError as err:  # a full disk, say: report the first error, not this one
+            log.error("could not write results.json: %s", err)
         raise
 
     if result.status == "running":
@@ -322,7 +345,39 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         if out_dir is not None and tr.save_model:
             save_weights(eval_model, Path(out_dir) / "model.pt")
     _finish(result, out_dir)
+    if ckpt_path is not None:
+        ckpt_path.unlink(missing_ok=True)  # finished: results.json and model.pt hold the outcome
     return result
+
+
+def _snapshot(cfg, epoch: int, step: int, parts: dict, gen: torch.Generator,
+              result: Result) -> dict:
+    """What the next epoch depends on, as tensors and plain values (loadable with weights_only)."""
+    state = {name: part.state_dict() for name, part in parts.items() if part is not None}
+    state.update(fingerprint=checkpoint.dumps(cfg), epoch=epoch, step=step,
+                 history=result.history, train_time_s=result.train_time_s,
+                 rng_cpu=torch.get_rng_state(), rng_gen=gen.get_state())
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(state: dict, parts: dict, gen: torch.Generator, result: Result, tracker) -> int:
+    """Load a checkpoint into the run's parts and result; return the optimizer step it reached."""
+    for name, part in parts.items():
+        if part is not None:
+            part.load_state_dict(state[name])
+    torch.set_rng_state(state["rng_cpu"])
+    gen.set_state(state["rng_gen"])
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    result.history, result.train_time_s = state["history"], state["train_time_s"]
+    result.epochs_completed, result.val_acc = state["epoch"], result.history[-1]["val/acc"]
+    images = sum(h["images_per_s"] * h["time/epoch_s"] for h in result.history)
+    result.images_per_s = images / max(result.train_time_s, 1e-9)
+    for h in result.history:  # the resumed run's record starts complete
+        tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
+    return state["step"]
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

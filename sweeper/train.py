@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import absolute_sqlite_url, register, validate
+from sweeper.config import absolute_sqlite_url, check_overrides, register, validate
 from sweeper.engine import train
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.tracking import open_tracker, redact
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 register()
 
 
-@hydra.main(config_path="../conf", config_name="config")
+@hydra.main(config_path="../conf", config_name="config",
+             execution_whitelist=["sweeper.outputs.OutputDirCheck"])
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, `kill`, batch schedulers: as Ctrl-C
@@ -68,6 +69,19 @@ def main(cfg: DictConfig) -> float:
     return result.objective
 
 
+def cli() -> None:
+    """`python -m sweeper.train`: malformed overrides and unknown options get one line, then Hydra."""
+    from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+
+    args, _ = get_args_parser().parse_known_args()
+    try:
+        check_overrides(args.overrides, [args.config_dir] if args.config_dir else [])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    main()
+
+
 def redact_yaml(cfg: DictConfig) -> str:
     """The composed config as YAML, resolved, with any password in a URL masked."""
     return redact(OmegaConf.to_yaml(cfg, resolve=True))
@@ -78,4 +92,4 @@ def _interrupt(signum, frame):
 
 
 if __name__ == "__main__":
-    main()
+    cli()

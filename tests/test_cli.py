@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,7 +62,24 @@ BAD_INPUTS = {
     "root missing": (["data.root=/nonexistent/cifar"], "data.root", 1),
     "truncated batch": ([], "test_batch is truncated or malformed", 1),
     "diverged": (["optimizer.lr=1e12"], "diverged", 3),
+    "malformed override": (["model.blocks=[2,2"], "cannot parse the override 'model.blocks=[2,2'", 2),
+    "unknown group option": (["model=resnet99"], "model=resnet99 is invalid: allowed values are "
+                             "preact18, preact34, tiny", 2),
+    "read-only output dir": ([], "is not writable", 1),
+    "corrupted checkpoint": (["trainer.resume=true"], "checkpoint.pt is corrupted or truncated", 1),
 }
+
+
+def read_only_dir(tmp_path: Path) -> Path:
+    """A directory no file can be written in, also for root (who ignores permission bits)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").write_bytes(b"")
+    except PermissionError:
+        return folder
+    return Path("/sys/kernel")  # a folder of a kernel filesystem that takes no new files
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +92,11 @@ def bad_runs(cifar_root, tmp_path_factory):
         overrides, _, _ = BAD_INPUTS[name]
         root = truncated if name == "truncated batch" else cifar_root
         run_dir = tmp / name.replace(" ", "_")
+        if name == "read-only output dir":
+            run_dir = read_only_dir(tmp)
+        if name == "corrupted checkpoint":
+            run_dir.mkdir()
+            (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
         return run_cli(*TINY, f"data.root={root}", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp), run_dir
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -91,6 +114,8 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(bad_runs, name):
     assert len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     results = run_dir / "results.json"
+    if name == "corrupted checkpoint":
+        assert (run_dir / "checkpoint.pt").read_bytes() == b"PK\x03\x04 cut short"  # kept as it was
     if name == "diverged":
         assert json.loads(results.read_text())["status"] == "diverged"
     else:

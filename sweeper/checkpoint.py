@@ -1,0 +1,83 @@
+"""Per-epoch checkpoints of one run: written atomically, read with `torch.load(weights_only=True)`.
+
+A checkpoint holds everything the next epoch depends on (weights, optimizer and gradient-scaler
+state, the weight average, RNG states, epoch, step, metrics so far) plus a fingerprint of the
+settings that shape training, so a run resumes only into the same configuration.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from sweeper.errors import SweeperError
+
+FILE = "checkpoint.pt"
+# Settings that may differ between the killed run and its resumption: where and how it runs,
+# what it logs, and where it records.
+_FREE = {"trainer.resume", "trainer.checkpoint", "trainer.device", "trainer.log_every", "trainer.save_model",
+         "trainer.eval_batch_size", "data.root", "data.download"}
+
+
+class CheckpointError(SweeperError):
+    """A checkpoint cannot be written, read, or resumed into this configuration."""
+
+
+def fingerprint(cfg) -> dict[str, Any]:
+    """The settings a resumed run must share with the run that wrote the checkpoint."""
+    out = {}
+    for section in ("model", "data", "augment", "optimizer", "schedule", "trainer"):
+        for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
+            if f"{section}.{key}" not in _FREE:
+                out[f"{section}.{key}"] = value
+    out["seed"] = cfg.seed
+    return out
+
+
+def save(path: Path, state: dict) -> None:
+    """Write `state` to `path` atomically: a crash or a full disk leaves the previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous checkpoint is intact" if path.exists() else "no earlier checkpoint"
+        hint = "; free some disk space" if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+        raise CheckpointError(f"could not write the checkpoint {path} "
+                              f"({e.strerror or e}); {kept}{hint}") from None
+
+
+def load(path: Path, cfg) -> dict:
+    """Read a checkpoint written by a run of the same configuration as `cfg`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        written = json.loads(state["fingerprint"])
+        _ = state["epoch"], state["model"], state["optimizer"]
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
+            KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupted or truncated ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
+                              f"over, or set trainer.resume=false") from None
+    differ = [key for key, value in fingerprint(cfg).items() if written.get(key) != value]
+    if differ:
+        key = differ[0]
+        raise CheckpointError(f"{path} was written by a run with {key}={written.get(key)!r}, not "
+                              f"{fingerprint(cfg)[key]!r}; resume with the same settings, or use "
+                              f"another output directory")
+    return state
+
+
+def dumps(cfg) -> str:
+    return json.dumps(fingerprint(cfg), sort_keys=True)

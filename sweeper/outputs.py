@@ -1,0 +1,44 @@
+"""Output directories: a check that one can be written, run before Hydra or the trainer writes to it.
+
+Hydra creates the run's directory and its log file before any job code runs, so an unwritable
+directory would end in Hydra's traceback; `OutputDirCheck` (listed under hydra.callbacks in
+conf/config.yaml) turns it into one line and exit status 1 first.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from sweeper.errors import SweeperError
+
+
+def writable_dir(path: Path, key: str = "hydra.run.dir") -> Path:
+    """`path`, created if need be, once a file could be written in it; else SweeperError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SweeperError(f"the output directory {path} is not writable ({e.strerror or e}); "
+                           f"set {key} to a writable folder") from None
+    return path
+
+
+class OutputDirCheck(Callback):
+    def on_run_start(self, config, **kwargs) -> None:
+        _check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def _check(path: str, key: str) -> None:
+    try:
+        writable_dir(Path(path), key)
+    except SweeperError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
