@@ -7,6 +7,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,28 @@ def runs_of(uri: str, experiment: str = "sweeper"):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
     return client, runs
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_template, tmp_path_factory):
+    """A real `mlflow server` on loopback with a SQLite backend and a local artifact root."""
+    tmp = tmp_path_factory.mktemp("server")
+    shutil.copy(mlflow_template, tmp / "backend.db")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp / 'backend.db'}",
+         "--artifacts-destination", str(tmp / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).read()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+    yield url, tmp / "artifacts"
+    proc.terminate()
+    proc.wait(timeout=30)

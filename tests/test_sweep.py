@@ -12,8 +12,9 @@ import uuid
 
 import optuna
 import pytest
+from hydra import compose, initialize_config_dir
 
-from tests.conftest import runs_of
+from tests.conftest import CONF, runs_of
 
 TrialState = optuna.trial.TrialState
 
@@ -229,6 +230,64 @@ def test_workers_on_postgresql_share_one_study_exactly(cifar_root, tmp_path):
             optuna.delete_study(study_name=name, storage=PG)
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_on_postgresql_and_a_tracking_server_survive_a_killed_worker(
+        cifar_root, mlflow_server, tmp_path):
+    """The multi-machine recipe: two independent workers, one killed mid-trial and restarted."""
+    url, _ = mlflow_server
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    args = sweep_args(cifar_root, tmp_path, f"hydra.sweeper.storage={PG}", "tracking=mlflow",
+                      f"hydra.sweeper.study_name={name}", f"tracking.uri={url}",
+                      f"tracking.experiment={name}", "hydra.sweeper.pruner.name=none",
+                      "trainer.epochs=15", n_trials=10)
+
+    def worker():
+        return subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    try:
+        a, b = worker(), worker()
+        deadline = time.monotonic() + 180
+        killed = None
+        while True:  # wait until b is an epoch into a trial, then kill it mid-trial
+            with contextlib.suppress(KeyError):
+                study = optuna.load_study(study_name=name, storage=PG)
+                running = [t.number for t in study.trials if t.state == TrialState.RUNNING
+                           and t.user_attrs.get("worker", "").endswith(f":{b.pid}")]
+                log = tmp_path / "multirun" / str(running[0]) / "train.log" if running else None
+                if log and log.exists() and "epoch 1/15" in log.read_text():
+                    killed = running[0]
+                    break
+            assert b.poll() is None and time.monotonic() < deadline, b.communicate()
+            time.sleep(0.1)
+        b.kill()
+        b.wait()
+        b = worker()  # the same command again
+        for proc in (a, b):
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+
+        trials = optuna.load_study(study_name=name, storage=PG).trials
+        assert sorted(t.number for t in trials) == list(range(10))  # exactly n_trials, no gaps
+        states = {t.number: t.state for t in trials}
+        assert states.pop(killed) == TrialState.FAIL
+        assert set(states.values()) == {TrialState.COMPLETE}
+        assert [t.user_attrs["reason"] for t in trials if t.number == killed] == ["killed"]
+        assert len({tuple(sorted(t.params.items())) for t in trials}) == 10  # none repeated
+
+        _, runs = runs_of(url, name)
+        [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = {int(r.data.tags["trial"]): r for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+        assert len(runs) == 11 and sorted(children) == list(range(10))
+        assert children[killed].info.status == "KILLED"
+        assert all(r.info.status == "FINISHED" for n, r in children.items() if n != killed)
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=PG)
+
+
 def test_a_configuration_is_never_trained_twice(cifar_root, tmp_path):
     proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.params=null", "model.blocks.0=choice(1,2)",
                             "hydra.sweeper.pruner.name=none", "trainer.epochs=1", n_trials=5), tmp_path)
@@ -262,3 +321,22 @@ def test_each_sampler_runs_a_sweep(cifar_root, tmp_path, sampler):
                             "hydra.sweeper.pruner.name=none", "trainer.epochs=1", n_trials=2), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE] * 2
+
+
+@pytest.mark.slow
+def test_launcher_local_runs_each_trial_as_a_submitit_job(cifar_root, tmp_path):
+    """launcher=slurm's code path (Hydra's submitit launcher) on this machine, without a cluster."""
+    proc = sweep(sweep_args(cifar_root, tmp_path, "launcher=local", n_trials=2), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert [t.number for t in trials] == [0, 1]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    jobs = [p for p in (tmp_path / "multirun" / ".submitit").iterdir() if p.name.isdigit()]
+    assert len(jobs) == 2 and all(list(job.glob("*_result.pkl")) for job in jobs)
+
+
+def test_launcher_slurm_composes_to_submitit():
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=["launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 120

@@ -2,10 +2,7 @@
 
 import json
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -118,31 +115,6 @@ def test_passwords_are_never_params():
     cfg = compose_cfg(["tracking.uri=postgresql://bob:s3cret@127.0.0.1/db"])
     assert flatten(cfg)["tracking.uri"] == "postgresql://bob:***@127.0.0.1/db"
     assert redact("see https://u:p@host:1/x and http://plain/") == "see https://u:***@host:1/x and http://plain/"
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(mlflow_template, tmp_path_factory):
-    """A real `mlflow server` on loopback with a SQLite backend and a local artifact root."""
-    tmp = tmp_path_factory.mktemp("server")
-    shutil.copy(mlflow_template, tmp / "backend.db")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp / 'backend.db'}",
-         "--artifacts-destination", str(tmp / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).read()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-    yield url, tmp / "artifacts"
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -113,17 +113,32 @@ class OptunaPruningSweeper(Sweeper):
             raise SweepError(f"study '{self.study_name}' exists with direction "
                              f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
                              f"set another hydra.sweeper.study_name")
-        sampler_cfg = OmegaConf.to_container(self.sampler_cfg)
-        if sampler_cfg.get("seed") is not None:  # a resumed sweep must not replay its first points
-            sampler_cfg["seed"] += len(study.trials)
-        sampler = instantiate(sampler_cfg, _execution_whitelist_=(
+        study.sampler = self._sampler(len(study.trials), space)
+        return study
+
+    def _reseed_each_ask(self) -> bool:
+        target = str(self.sampler_cfg.get("_target_"))
+        return self.sampler_cfg.get("seed") is not None and not any(
+            name in target for name in ("GridSampler", "QMCSampler"))
+
+    def _sampler(self, n_trials: int, space: dict) -> optuna.samplers.BaseSampler:
+        """The configured sampler; a seeded one is seeded with seed + the study's trial count.
+
+        A resumed sweep thus does not replay its first points. Samplers that walk a sequence (grid,
+        QMC) are made once per process; the others again before every ask (under the study lock),
+        so each trial number gets its own seed: concurrent workers started with the same seed do
+        not propose the same points, and one worker's sweep stays reproducible.
+        """
+        cfg = OmegaConf.to_container(self.sampler_cfg)
+        if cfg.get("seed") is not None:
+            cfg["seed"] += n_trials
+        sampler = instantiate(cfg, _execution_whitelist_=(
             "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
         if not isinstance(sampler, optuna.samplers.BaseSampler):  # GridSampler comes partial
             grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(d) for k, d in space.items()}
             sampler = sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
-        study.sampler = sampler
-        return study
+        return sampler
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -133,10 +148,10 @@ class OptunaPruningSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         worker = os.environ.get("SWEEPER_WORKER") is not None
-        with _study_lock(self.storage):
+        with _study_lock(self.storage):  # workers starting together: one parent run, not two
             _fail_stale_trials(study)
-        parent = sweep_report.parent_run(job_cfg, study, self, space, resume_id=os.environ.get(
-            "SWEEPER_PARENT_RUN_ID"))
+            parent = sweep_report.parent_run(job_cfg, study, self, space,
+                                             resume_id=os.environ.get("SWEEPER_PARENT_RUN_ID"))
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s", self.study_name,
                  redact(str(self.storage)), len(study.trials), self.n_trials,
                  type(study.sampler).__name__, self.pruner_cfg.name)
@@ -164,8 +179,11 @@ class OptunaPruningSweeper(Sweeper):
     def _ask(self, study: optuna.Study, space: dict) -> optuna.Trial | None:
         """A new trial, or None once the study holds n_trials (atomic across workers)."""
         with _study_lock(self.storage):
-            if len(study.get_trials(deepcopy=False)) >= self.n_trials:
+            n = len(study.get_trials(deepcopy=False))
+            if n >= self.n_trials:
                 return None
+            if self._reseed_each_ask():
+                study.sampler = self._sampler(n, space)
             trial = study.ask(space)
             trial.set_user_attr("worker", WORKER)
             return trial
