@@ -9,8 +9,8 @@
 #
 # The GPU machine has torch but no Hydra: the wheels of hydra-core and omegaconf travel in .whl/.
 # `run` writes bench.json, fast.json and fast.log under $OUT (default benchmarks/gpu-out) and
-# prints a table. Locally, `DEVICE=cpu DATA=... IMAGES=1024 FAST="trainer.epochs=1 ..."
-# benchmarks/gpu_check.sh run` rehearses it.
+# prints a table. Locally, `DEVICE=cpu DATA=... BENCH="--widths 4 --batch-size 32 --images 64"
+# FAST="model.width=4 trainer.epochs=1" benchmarks/gpu_check.sh run` rehearses it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,8 +45,9 @@ run)
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     fi
     # ours vs the seed-style loop, [2,2,2,2] width 64, batch 512 (about 2 minutes)
-    (cd "$src" && python3 -m sweeper.bench --device "$device" --widths 64 --batch-size 512 \
-        --reps 3 --images "${IMAGES:-20480}" --data-root "$data" --out "$out/bench.json")
+    # shellcheck disable=SC2086
+    (cd "$src" && python3 -m sweeper.bench --device "$device" --data-root "$data" \
+        --out "$out/bench.json" ${BENCH:---widths 64 --batch-size 512 --reps 3 --images 20480})
     # the fast preset, timed end to end; the run reports its training time and time to first step
     start=$(date +%s.%N)
     # shellcheck disable=SC2086
@@ -58,10 +59,11 @@ run)
 import json, sys
 out, start, end = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 b, f = json.load(open(f"{out}/bench.json")), json.load(open(f"{out}/fast.json"))
-w = b["widths"]["64"]
+width, w = next(iter(b["widths"].items()))
 print(f"\n{b['device']}, torch {b['torch']}, {b['date']}")
 for name, rate in w["images_per_s"].items():
-    print(f"{'train img/s, ' + name + ' ([2,2,2,2] w64, batch 512)':<50}{rate['median']:>12.0f}")
+    label = f"train img/s, {name} ({b['blocks']} w{width}, batch {b['batch_size']})"
+    print(f"{label:<50}{rate['median']:>12.0f}")
 r = w["ratio_to_reference"]["sweeper"]
 print(f"{'x reference, median [min, max]':<50}{r['median']:>12.2f} [{r['min']:.2f}, {r['max']:.2f}]")
 print(f"{'fresh process: launch to first step, s':<50}"
