@@ -64,7 +64,7 @@ def load(path: Path, cfg) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         written = json.loads(state["fingerprint"])
-        _ = state["epoch"], state["model"], state["optimizer"]
+        _ = state["epoch"], state["step"], state["model"], state["optimizer"], state["history"]
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
             KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupted or truncated ({type(e).__name__}: "
@@ -79,5 +79,27 @@ def load(path: Path, cfg) -> dict:
     return state
 
 
-def dumps(cfg) -> str:
-    return json.dumps(fingerprint(cfg), sort_keys=True)
+def snapshot(cfg, parts: dict, gen: torch.Generator, **progress) -> dict:
+    """What the next epoch depends on, as tensors and plain values (loadable with weights_only).
+
+    `parts` maps names to objects with a state_dict (model, optimizer, ...; None is skipped);
+    `progress` holds plain values (epoch, step, metrics so far).
+    """
+    state = {name: part.state_dict() for name, part in parts.items() if part is not None}
+    state.update(progress, fingerprint=json.dumps(fingerprint(cfg), sort_keys=True),
+                 rng_cpu=torch.get_rng_state(), rng_gen=gen.get_state())
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(state: dict, parts: dict, gen: torch.Generator) -> int:
+    """Load `state` into `parts` and the RNGs; return the optimizer step it had reached."""
+    for name, part in parts.items():
+        if part is not None:
+            part.load_state_dict(state[name])
+    torch.set_rng_state(state["rng_cpu"])
+    gen.set_state(state["rng_gen"])
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return state["step"]

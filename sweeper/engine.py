@@ -238,7 +238,13 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             raise ConfigError("trainer.resume=true is invalid here: it needs the run's output "
                               "directory, which holds checkpoint.pt")
         if ckpt_path.exists():
-            step = _restore(checkpoint.load(ckpt_path, cfg), parts, gen, result, tracker)
+            state = checkpoint.load(ckpt_path, cfg)
+            step = checkpoint.restore(state, parts, gen)
+            result.history, result.train_time_s = state["history"], state["train_time_s"]
+            result.epochs_completed, result.val_acc = state["epoch"], result.history[-1]["val/acc"]
+            result.images_per_s = state["images"] / max(result.train_time_s, 1e-9)
+            for h in result.history:  # the resumed run's record starts complete
+                tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
             log.info("Resuming from %s: %d of %d epochs done", ckpt_path, result.epochs_completed,
                      tr.epochs)
         else:
@@ -313,7 +319,9 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                      "(%.1f s, %.0f img/s)", epoch, tr.epochs, metrics["train/loss"],
                      metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"])
             if ckpt_path is not None and tr.checkpoint:
-                checkpoint.save(ckpt_path, _snapshot(cfg, epoch, step, parts, gen, result))
+                checkpoint.save(ckpt_path, checkpoint.snapshot(
+                    cfg, parts, gen, epoch=epoch, step=step, history=result.history,
+                    train_time_s=result.train_time_s, images=epoch * len(train_set)))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     except Diverged as e:
@@ -348,36 +356,6 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     if ckpt_path is not None:
         ckpt_path.unlink(missing_ok=True)  # finished: results.json and model.pt hold the outcome
     return result
-
-
-def _snapshot(cfg, epoch: int, step: int, parts: dict, gen: torch.Generator,
-              result: Result) -> dict:
-    """What the next epoch depends on, as tensors and plain values (loadable with weights_only)."""
-    state = {name: part.state_dict() for name, part in parts.items() if part is not None}
-    state.update(fingerprint=checkpoint.dumps(cfg), epoch=epoch, step=step,
-                 history=result.history, train_time_s=result.train_time_s,
-                 rng_cpu=torch.get_rng_state(), rng_gen=gen.get_state())
-    if torch.cuda.is_available():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore(state: dict, parts: dict, gen: torch.Generator, result: Result, tracker) -> int:
-    """Load a checkpoint into the run's parts and result; return the optimizer step it reached."""
-    for name, part in parts.items():
-        if part is not None:
-            part.load_state_dict(state[name])
-    torch.set_rng_state(state["rng_cpu"])
-    gen.set_state(state["rng_gen"])
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    result.history, result.train_time_s = state["history"], state["train_time_s"]
-    result.epochs_completed, result.val_acc = state["epoch"], result.history[-1]["val/acc"]
-    images = sum(h["images_per_s"] * h["time/epoch_s"] for h in result.history)
-    result.images_per_s = images / max(result.train_time_s, 1e-9)
-    for h in result.history:  # the resumed run's record starts complete
-        tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
-    return state["step"]
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

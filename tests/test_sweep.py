@@ -178,6 +178,21 @@ def test_an_existing_study_with_another_direction_is_refused(cifar_root, tmp_pat
     assert "exists with direction ['minimize']" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("storage, reason", [
+    ("postgresql+psycopg://sweeper:s3cret@127.0.0.1:1/optuna", "Connection refused"),
+    ("sqlite:////nonexistent-dir/optuna.db", "unable to open database file"),
+])
+def test_an_unusable_storage_is_one_line_within_seconds(cifar_root, tmp_path, storage, reason):
+    started = time.monotonic()
+    proc = sweep(sweep_args(cifar_root, tmp_path, f"hydra.sweeper.storage={storage}"), tmp_path)
+    assert time.monotonic() - started < 30
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith("error: hydra.sweeper.storage=") and reason in lines[-1], lines
+    assert "s3cret" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "multirun" / "0").exists()  # no trial started
+
+
 def test_without_multirun_a_sweep_preset_says_so(cifar_root, tmp_path):
     proc = sweep(sweep_args(cifar_root, tmp_path)[1:], tmp_path)
     assert proc.returncode == 2 and "needs --multirun" in proc.stderr
