@@ -228,6 +228,11 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         return evaluate(eval_model, data, mean, std, tr.eval_batch_size, amp, channels_last, tr.tta)
 
     steps_per_epoch = math.ceil(len(train_set) / tr.batch_size)
+    if use_compile and len(train_set) > tr.batch_size:
+        # One batch shape for the compiled graph (a last, smaller batch would compile a second,
+        # dynamic graph): drop the epoch's last partial batch, a different one each epoch.
+        steps_per_epoch = len(train_set) // tr.batch_size
+    per_epoch = min(len(train_set), steps_per_epoch * tr.batch_size)  # images trained per epoch
     total_steps = steps_per_epoch * tr.epochs
     check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
     ckpt_path = Path(out_dir) / checkpoint.FILE if out_dir is not None else None
@@ -305,23 +310,23 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             val_preds = predict(val_set)
             metrics = {
                 "train/loss": loss_sum.item() / steps_per_epoch,
-                "train/acc": correct.item() / len(train_set),
+                "train/acc": correct.item() / per_epoch,
                 "val/acc": (val_preds == val_set.y).float().mean().item(),
                 "lr": lr,
                 "time/epoch_s": epoch_s,
-                "images_per_s": len(train_set) / epoch_s,
+                "images_per_s": per_epoch / epoch_s,
             }
             result.history.append({"epoch": epoch, **metrics})
             tracker.log_metrics(metrics, step=epoch)
             result.epochs_completed, result.val_acc = epoch, metrics["val/acc"]
-            result.images_per_s = epoch * len(train_set) / result.train_time_s
+            result.images_per_s = epoch * per_epoch / result.train_time_s
             log.info("epoch %d/%d: train/loss %.4f  train/acc %.4f  val/acc %.4f  lr %.4g  "
                      "(%.1f s, %.0f img/s)", epoch, tr.epochs, metrics["train/loss"],
                      metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"])
             if ckpt_path is not None and tr.checkpoint:
                 checkpoint.save(ckpt_path, checkpoint.snapshot(
                     cfg, parts, gen, epoch=epoch, step=step, history=result.history,
-                    train_time_s=result.train_time_s, images=epoch * len(train_set)))
+                    train_time_s=result.train_time_s, images=epoch * per_epoch))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     except Diverged as e:
