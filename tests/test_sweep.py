@@ -303,6 +303,53 @@ def test_two_workers_on_postgresql_and_a_tracking_server_survive_a_killed_worker
             optuna.delete_study(study_name=name, storage=PG)
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_that_dies_for_good_loses_its_trial_by_heartbeat(cifar_root, mlflow_uri, tmp_path):
+    """A machine gone for good: no restart finds its trial, its missing heartbeats do."""
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    args = sweep_args(cifar_root, tmp_path, f"hydra.sweeper.storage={PG}", "tracking=mlflow",
+                      f"hydra.sweeper.study_name={name}", f"tracking.uri={mlflow_uri}",
+                      "hydra.sweeper.pruner.name=none", "hydra.sweeper.heartbeat_s=1",
+                      "trainer.epochs=15", n_trials=6)
+
+    def worker():
+        return subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    try:
+        a, b = worker(), worker()
+        deadline = time.monotonic() + 180
+        killed = None
+        while killed is None:  # b is an epoch into a trial: kill it, and never start it again
+            with contextlib.suppress(KeyError):
+                study = optuna.load_study(study_name=name, storage=PG)
+                for t in study.trials:
+                    log = tmp_path / "multirun" / str(t.number) / "train.log"
+                    if (t.state == TrialState.RUNNING and t.user_attrs.get("worker", "").endswith(
+                            f":{b.pid}") and log.exists() and "epoch 1/15" in log.read_text()):
+                        killed = t.number
+            assert b.poll() is None and time.monotonic() < deadline, b.communicate()
+            time.sleep(0.1)
+        b.kill()
+        b.wait()
+        out, _ = a.communicate(timeout=600)
+        assert a.returncode == 0, out[-3000:]
+        assert f"Trial {killed} stopped sending heartbeats" in out
+
+        trials = optuna.load_study(study_name=name, storage=PG).trials
+        assert sorted(t.number for t in trials) == list(range(6))
+        assert {t.number: t.state for t in trials}[killed] == TrialState.FAIL
+        assert sum(t.state == TrialState.COMPLETE for t in trials) == 5
+        _, runs = runs_of(mlflow_uri)
+        [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = {int(r.data.tags["trial"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+        assert children[killed].info.status == "KILLED" and parent.info.status == "FINISHED"
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=PG)
+
+
 def test_a_configuration_is_never_trained_twice(cifar_root, tmp_path):
     proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.params=null", "model.blocks.0=choice(1,2)",
                             "hydra.sweeper.pruner.name=none", "trainer.epochs=1", n_trials=5), tmp_path)

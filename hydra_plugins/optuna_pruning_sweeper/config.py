@@ -38,6 +38,10 @@ class OptunaPruningSweeperConf:
     n_trials: int = 20  # the study's total: a re-run only runs what is missing
     n_jobs: int = 1  # trials at once: n_jobs worker processes share the study
     max_failure_rate: float = 0.0  # failed trials allowed, as a fraction of n_trials
+    # A running trial's worker records a heartbeat in the study this often (seconds); a trial
+    # silent for 3 heartbeats (its machine died) becomes FAIL. 0: off, and only trials of dead
+    # processes on the same machine are found (when a worker starts there).
+    heartbeat_s: int = 60
     params: dict[str, str] | None = None  # search space, in the official plugin's grammar
 
 

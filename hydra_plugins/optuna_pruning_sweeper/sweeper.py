@@ -18,6 +18,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,15 @@ from sweeper.tracking import redact
 
 log = logging.getLogger(__name__)
 TrialState = optuna.trial.TrialState
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Heartbeats with ask-and-tell are what we mean to do; Optuna warns about them on every use."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+        yield
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -48,14 +60,14 @@ class SweepError(SweeperError):
 class OptunaPruningSweeper(Sweeper):
     def __init__(self, sampler: Any, pruner: Any, direction: Any, objectives: Any, storage: Any,
                  study_name: Any, n_trials: int, n_jobs: int, max_failure_rate: float,
-                 params: Any) -> None:
+                 heartbeat_s: int, params: Any) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.directions = list(direction) if isinstance(direction, (list, tuple)) or \
             OmegaConf.is_list(direction) else [direction]
         self.objectives = list(objectives)
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
-        self.params = params
+        self.params, self.heartbeat_s = params, heartbeat_s
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -103,7 +115,13 @@ class OptunaPruningSweeper(Sweeper):
             self.study_name = f"sweep-{digest}"
         self.storage = absolute_sqlite_url(self.storage)
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=self.storage,
+            storage = self.storage
+            if self._heartbeats():
+                with _quiet():
+                    storage = optuna.storages.RDBStorage(
+                        self.storage, heartbeat_interval=self.heartbeat_s,
+                        grace_period=3 * self.heartbeat_s, heartbeat_stale_trial_callback=_lost)
+            study = optuna.create_study(study_name=self.study_name, storage=storage,
                                         directions=self.directions, load_if_exists=True)
         except Exception as e:
             raise SweepError(f"hydra.sweeper.storage={redact(str(self.storage))} cannot be used: "
@@ -115,6 +133,11 @@ class OptunaPruningSweeper(Sweeper):
                              f"set another hydra.sweeper.study_name")
         study.sampler = self._sampler(len(study.trials), space)
         return study
+
+    def _heartbeats(self) -> bool:
+        """Heartbeats need a database storage (SQLite, PostgreSQL, MySQL)."""
+        return bool(self.heartbeat_s and self.storage and "://" in self.storage
+                    and not self.storage.startswith(("redis", "journal")))
 
     def _reseed_each_ask(self) -> bool:
         target = str(self.sampler_cfg.get("_target_"))
@@ -168,6 +191,8 @@ class OptunaPruningSweeper(Sweeper):
                         f"{self.max_failure_rate} of {self.n_trials} allows; see {sweep_dir}/*/train.log")
             for proc in helpers:
                 proc.wait()
+            if not worker:
+                self._wait_for_other_workers(study, parent)
         except BaseException as e:
             for proc in helpers:
                 proc.terminate()
@@ -176,15 +201,34 @@ class OptunaPruningSweeper(Sweeper):
         if not worker:
             sweep_report.finish(study, self, sweep_dir, parent)
 
+    def _wait_for_other_workers(self, study: optuna.Study, parent) -> None:
+        """Until every trial of the study has ended, or lost its heartbeat: the results are then
+        complete, and the MLflow runs of trials whose worker died are marked KILLED."""
+        if not self._heartbeats():
+            return
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if running:
+            log.info("Waiting for trial(s) %s of other workers", [t.number for t in running])
+        while running:
+            time.sleep(min(self.heartbeat_s, 2))
+            with _study_lock(self.storage), _quiet():
+                optuna.storages.fail_stale_trials(study)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if parent is not None:
+            parent.kill_orphans(set())
+
     def _ask(self, study: optuna.Study, space: dict) -> optuna.Trial | None:
         """A new trial, or None once the study holds n_trials (atomic across workers)."""
         with _study_lock(self.storage):
+            with _quiet():
+                optuna.storages.fail_stale_trials(study)  # trials whose worker stopped beating
             n = len(study.get_trials(deepcopy=False))
             if n >= self.n_trials:
                 return None
             if self._reseed_each_ask():
                 study.sampler = self._sampler(n, space)
-            trial = study.ask(space)
+            with _quiet():
+                trial = study.ask(space)
             trial.set_user_attr("worker", WORKER)
             return trial
 
@@ -206,7 +250,8 @@ class OptunaPruningSweeper(Sweeper):
             overrides.append(f"tracking.parent_run_id={parent.run_id}")
         log.info("Trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in trial.params.items()))
         try:
-            [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+            with _heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
+                [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
         except BaseException:
             trial.set_user_attr("reason", "interrupted")
             _tell(study, trial, state=TrialState.FAIL)
@@ -276,9 +321,39 @@ def _fail_stale_trials(study: optuna.Study) -> None:
             _tell(study, t.number, state=TrialState.FAIL)
 
 
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: int):
+    """Record `trial`'s heartbeat now and every `interval_s` seconds until the block ends."""
+    if not interval_s:
+        yield
+        return
+    storage, trial_id = study._storage, trial._trial_id
+    storage.record_heartbeat(trial_id)
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval_s):
+            with contextlib.suppress(Exception):  # a missed beat is retried at the next one
+                storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    log.warning("Trial %d stopped sending heartbeats (its worker %s died): marked FAIL",
+                trial.number, trial.user_attrs.get("worker", "?"))
+
+
 def _count_failures(study: optuna.Study) -> int:
-    """Failed trials of the whole study, all workers; trials killed with their sweep do not count."""
-    return sum(t.user_attrs.get("reason") not in ("killed", "interrupted")
+    """Failed trials of the whole study, all workers; trials killed with their sweep and trials
+    whose worker died (failed by heartbeat, so without a reason) do not count."""
+    return sum(t.user_attrs.get("reason", "lost") not in ("killed", "interrupted", "lost")
                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
 
