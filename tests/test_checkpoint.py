@@ -185,3 +185,25 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_line(cifar_root, tmp_path):
     assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.pt.tmp").exists()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "failed" and results["epochs_completed"] == 1
+
+
+def test_resume_after_the_last_epoch_only_evaluates(tiny_cfg, tmp_path):
+    tiny_cfg.trainer.epochs = 2
+    whole = train(tiny_cfg, out_dir=tmp_path / "whole")
+    with pytest.raises(Interrupt):  # killed after the last checkpoint, before the test set
+        train(tiny_cfg, out_dir=tmp_path / "late", on_epoch=stop_after(2))
+    tiny_cfg.trainer.resume = True
+    resumed = train(tiny_cfg, out_dir=tmp_path / "late")
+    assert resumed.status == "completed" and resumed.epochs_completed == 2
+    assert resumed.val_acc == whole.val_acc and resumed.test_acc == whole.test_acc
+    assert [h["train/loss"] for h in resumed.history] == [h["train/loss"] for h in whole.history]
+
+
+def test_resume_with_ema_ends_like_an_uninterrupted_run(tiny_cfg, tmp_path):
+    tiny_cfg.trainer.epochs, tiny_cfg.trainer.ema = 3, 0.9
+    whole = train(tiny_cfg, out_dir=tmp_path / "whole")
+    with pytest.raises(Interrupt):
+        train(tiny_cfg, out_dir=tmp_path / "cut", on_epoch=stop_after(1))
+    tiny_cfg.trainer.resume = True
+    resumed = train(tiny_cfg, out_dir=tmp_path / "cut")
+    assert resumed.val_acc == whole.val_acc and resumed.test_acc == whole.test_acc
