@@ -3,7 +3,8 @@
     python -m sweeper.bench                      # CPU or CUDA, widths 64 and 16, batch 128
     python -m sweeper.bench --widths 64 --batch-size 512 --device cuda
 
-For each width, the same model and batch size are trained, interleaved A B A B for `--reps` rounds, by
+For each width, the same model and batch size are trained, in rounds (`--reps`) that alternate
+the order (A B, B A, ...), by
   reference   the seed's loop: a torchvision-style dataset (PIL image, per-sample RandomCrop,
               RandomHorizontalFlip, ToTensor, Normalize), DataLoader(shuffle, 2 workers), fp32 NCHW,
               SGD, `loss.item()` every step;
@@ -168,9 +169,12 @@ def run(args) -> dict:
         rates = {name: [] for name in ["reference", *args.variants]}
         startups = {name: [] for name in args.variants}
         for rep in range(args.reps):
-            rates["reference"].append(reference_rates(train_set.x, train_set.y, args.blocks, width,
-                                                      args.batch_size, device)[-1])
-            for name in args.variants:
+            order = ["reference", *args.variants]
+            for name in order if rep % 2 == 0 else order[::-1]:  # A B, then B A: no order bias
+                if name == "reference":
+                    rates[name].append(reference_rates(train_set.x, train_set.y, args.blocks,
+                                                       width, args.batch_size, device)[-1])
+                    continue
                 result = train(compose(trainer_overrides(args, width, images, VARIANTS[name])))
                 rates[name].append(result.history[-1]["images_per_s"])
                 startups[name].append(result.startup_s)

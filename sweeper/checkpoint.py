@@ -31,9 +31,13 @@ class CheckpointError(SweeperError):
     """A checkpoint cannot be written, read, or resumed into this configuration."""
 
 
-def fingerprint(cfg) -> dict[str, Any]:
-    """The settings a resumed run must share with the run that wrote the checkpoint."""
-    out = {}
+def fingerprint(cfg, runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings a resumed run must share with the run that wrote the checkpoint.
+
+    `runtime` holds what the config leaves to the machine (device type; compile, channels_last
+    and precision as resolved from auto/null): they change the steps, the numerics and the RNG.
+    """
+    out = {f"resolved.{key}": value for key, value in (runtime or {}).items()}
     for section in ("model", "data", "augment", "optimizer", "schedule", "trainer"):
         for key, value in OmegaConf.to_container(cfg[section], resolve=True).items():
             if f"{section}.{key}" not in _FREE:
@@ -59,8 +63,8 @@ def save(path: Path, state: dict) -> None:
                               f"({e.strerror or e}); {kept}{hint}") from None
 
 
-def load(path: Path, cfg) -> dict:
-    """Read a checkpoint written by a run of the same configuration as `cfg`."""
+def load(path: Path, cfg, runtime: dict[str, Any] | None = None) -> dict:
+    """Read a checkpoint written by a run of the same configuration as `cfg` (and `runtime`)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         written = json.loads(state["fingerprint"])
@@ -70,36 +74,38 @@ def load(path: Path, cfg) -> dict:
         raise CheckpointError(f"{path} is corrupted or truncated ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
                               f"over, or set trainer.resume=false") from None
-    differ = [key for key, value in fingerprint(cfg).items() if written.get(key) != value]
+    wanted = fingerprint(cfg, runtime)
+    differ = [key for key, value in wanted.items() if written.get(key) != value]
     if differ:
         key = differ[0]
         raise CheckpointError(f"{path} was written by a run with {key}={written.get(key)!r}, not "
-                              f"{fingerprint(cfg)[key]!r}; resume with the same settings, or use "
-                              f"another output directory")
+                              f"{wanted[key]!r}; resume with the same settings, or use another "
+                              f"output directory")
     return state
 
 
-def snapshot(cfg, parts: dict, gen: torch.Generator, **progress) -> dict:
+def snapshot(cfg, runtime: dict[str, Any], parts: dict, gen: torch.Generator, **progress) -> dict:
     """What the next epoch depends on, as tensors and plain values (loadable with weights_only).
 
     `parts` maps names to objects with a state_dict (model, optimizer, ...; None is skipped);
     `progress` holds plain values (epoch, step, metrics so far).
     """
     state = {name: part.state_dict() for name, part in parts.items() if part is not None}
-    state.update(progress, fingerprint=json.dumps(fingerprint(cfg), sort_keys=True),
-                 rng_cpu=torch.get_rng_state(), rng_gen=gen.get_state())
-    if torch.cuda.is_available():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    # all of training's randomness (shuffling, augmentation) is drawn from `gen`
+    state.update(progress, fingerprint=json.dumps(fingerprint(cfg, runtime), sort_keys=True),
+                 rng_gen=gen.get_state())
     return state
 
 
-def restore(state: dict, parts: dict, gen: torch.Generator) -> int:
-    """Load `state` into `parts` and the RNGs; return the optimizer step it had reached."""
-    for name, part in parts.items():
-        if part is not None:
-            part.load_state_dict(state[name])
-    torch.set_rng_state(state["rng_cpu"])
-    gen.set_state(state["rng_gen"])
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+def restore(path: Path, state: dict, parts: dict, gen: torch.Generator) -> int:
+    """Load `state` into `parts` and `gen`; return the optimizer step it had reached."""
+    try:
+        for name, part in parts.items():
+            if part is not None:
+                part.load_state_dict(state[name])
+        gen.set_state(state["rng_gen"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
+                              f"over, or set trainer.resume=false") from None
     return state["step"]

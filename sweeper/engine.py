@@ -237,14 +237,16 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
     ckpt_path = Path(out_dir) / checkpoint.FILE if out_dir is not None else None
     parts = {"model": model, "optimizer": optimizer, "scaler": scaler, "ema": ema}
+    runtime = {"device": device.type, "compile": use_compile, "channels_last": channels_last,
+               "precision": str(amp)}
     step = 0
     if tr.resume:
         if ckpt_path is None:
             raise ConfigError("trainer.resume=true is invalid here: it needs the run's output "
                               "directory, which holds checkpoint.pt")
         if ckpt_path.exists():
-            state = checkpoint.load(ckpt_path, cfg)
-            step = checkpoint.restore(state, parts, gen)
+            state = checkpoint.load(ckpt_path, cfg, runtime)
+            step = checkpoint.restore(ckpt_path, state, parts, gen)
             result.history, result.train_time_s = state["history"], state["train_time_s"]
             result.epochs_completed, result.val_acc = state["epoch"], result.history[-1]["val/acc"]
             result.images_per_s = state["images"] / max(result.train_time_s, 1e-9)
@@ -281,7 +283,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 if ema is not None:
                     ema.update_parameters(model)
                 step += 1
-                if step == 1:  # the cost of a trial's start: data, model, compile, first step
+                if not result.startup_s:  # a start's cost: data, model, compile, first step
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     result.startup_s = time.perf_counter() - entered
@@ -325,7 +327,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                      metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"])
             if ckpt_path is not None and tr.checkpoint:
                 checkpoint.save(ckpt_path, checkpoint.snapshot(
-                    cfg, parts, gen, epoch=epoch, step=step, history=result.history,
+                    cfg, runtime, parts, gen, epoch=epoch, step=step, history=result.history,
                     train_time_s=result.train_time_s, images=epoch * per_epoch))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)

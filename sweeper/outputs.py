@@ -8,6 +8,7 @@ conf/config.yaml) turns it into one line and exit status 1 first.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -19,9 +20,8 @@ def writable_dir(path: Path, key: str = "hydra.run.dir") -> Path:
     """`path`, created if need be, once a file could be written in it; else SweeperError."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass  # a name of its own: workers starting together do not trip over each other
     except OSError as e:
         raise SweeperError(f"the output directory {path} is not writable ({e.strerror or e}); "
                            f"set {key} to a writable folder") from None

@@ -43,6 +43,8 @@ def main(cfg: DictConfig) -> float:
         cfg.data.root = to_absolute_path(cfg.data.root)
         cfg.tracking.uri = absolute_sqlite_url(cfg.tracking.uri)
         validate(cfg)
+        if cfg.trial.number is not None:
+            cfg.trainer.checkpoint = False  # a killed trial is not resumed: a new one replaces it
         (out_dir / "config.yaml").write_text(redact_yaml(cfg))
         tags = {"hydra_overrides": redact(" ".join(hydra_cfg.overrides.task))}
         on_epoch = None
@@ -75,7 +77,10 @@ def cli() -> None:
 
     args, _ = get_args_parser().parse_known_args()
     try:
-        check_overrides(args.overrides, [args.config_dir] if args.config_dir else [])
+        dirs = [args.config_dir] if args.config_dir else []
+        if args.config_path:  # -cp: absolute, or relative to this file as in @hydra.main
+            dirs.append(Path(__file__).parent / args.config_path)
+        check_overrides(args.overrides, dirs)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

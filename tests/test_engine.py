@@ -66,17 +66,23 @@ def test_an_exception_from_the_epoch_callback_is_recorded_and_raised(tiny_cfg, t
     assert results["status"] == "pruned" and results["epochs_completed"] == 1
 
 
-def test_tta_and_ema_evaluate_an_other_model_of_the_same_run(tiny_cfg):
-    plain = train(tiny_cfg)
+def test_tta_and_ema_evaluate_an_other_model_of_the_same_run(tiny_cfg, tmp_path):
+    import torch
+
+    plain = train(tiny_cfg, out_dir=tmp_path / "plain")
     tiny_cfg.trainer.tta = True
     tta = train(tiny_cfg)
     # same training, so same loss; evaluation differs (mirror images averaged in)
     assert tta.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
     assert tta.status == "completed" and 0 <= tta.val_acc <= 1
     tiny_cfg.trainer.tta, tiny_cfg.trainer.ema = False, 0.9
-    ema = train(tiny_cfg)
+    ema = train(tiny_cfg, out_dir=tmp_path / "ema")
     assert ema.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
     assert ema.status == "completed" and 0 <= ema.val_acc <= 1
+    # the saved (and evaluated) weights are the average, not the last step's
+    a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("plain", "ema"))
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
 
 
 def test_evaluate_with_tta_is_mirror_invariant():

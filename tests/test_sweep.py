@@ -310,7 +310,7 @@ def test_a_worker_that_dies_for_good_loses_its_trial_by_heartbeat(cifar_root, ml
     name = f"pg-{uuid.uuid4().hex[:8]}"
     args = sweep_args(cifar_root, tmp_path, f"hydra.sweeper.storage={PG}", "tracking=mlflow",
                       f"hydra.sweeper.study_name={name}", f"tracking.uri={mlflow_uri}",
-                      "hydra.sweeper.pruner.name=none", "hydra.sweeper.heartbeat_s=1",
+                      "hydra.sweeper.pruner.name=none", "hydra.sweeper.heartbeat_s=2",
                       "trainer.epochs=15", n_trials=6)
 
     def worker():

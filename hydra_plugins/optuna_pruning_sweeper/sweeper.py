@@ -202,20 +202,27 @@ class OptunaPruningSweeper(Sweeper):
             sweep_report.finish(study, self, sweep_dir, parent)
 
     def _wait_for_other_workers(self, study: optuna.Study, parent) -> None:
-        """Until every trial of the study has ended, or lost its heartbeat: the results are then
-        complete, and the MLflow runs of trials whose worker died are marked KILLED."""
+        """Until every heartbeating trial of the study has ended or lost its heartbeat: the
+        results are then complete, and the MLflow runs of lost trials are marked KILLED. Trials
+        of workers without heartbeats (heartbeat_s=0) are not waited for."""
         if not self._heartbeats():
             return
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if running:
-            log.info("Waiting for trial(s) %s of other workers", [t.number for t in running])
-        while running:
-            time.sleep(min(self.heartbeat_s, 2))
+
+        def others():
             with _study_lock(self.storage), _quiet():
                 optuna.storages.fail_stale_trials(study)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if t.user_attrs.get("heartbeat_s")]
+
+        running = others()
+        if running:
+            log.info("Waiting for trial(s) %s of other workers", running)
+        while running:
+            time.sleep(min(self.heartbeat_s, 2))
+            running = others()
         if parent is not None:
-            parent.kill_orphans(set())
+            parent.kill_orphans({t.number for t in study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,))})
 
     def _ask(self, study: optuna.Study, space: dict) -> optuna.Trial | None:
         """A new trial, or None once the study holds n_trials (atomic across workers)."""
@@ -230,6 +237,9 @@ class OptunaPruningSweeper(Sweeper):
             with _quiet():
                 trial = study.ask(space)
             trial.set_user_attr("worker", WORKER)
+            if self._heartbeats():  # its first beat under the lock: a trial never lacks one
+                trial.set_user_attr("heartbeat_s", self.heartbeat_s)
+                study._storage.record_heartbeat(trial._trial_id)
             return trial
 
     def _run_trial(self, study: optuna.Study, trial: optuna.Trial, fixed_lines: list[str],
@@ -328,13 +338,15 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: int):
         yield
         return
     storage, trial_id = study._storage, trial._trial_id
-    storage.record_heartbeat(trial_id)
     stop = threading.Event()
 
     def beat():
         while not stop.wait(interval_s):
-            with contextlib.suppress(Exception):  # a missed beat is retried at the next one
+            try:
                 storage.record_heartbeat(trial_id)
+            except Exception as e:  # retried at the next beat; three misses lose the trial
+                log.warning("Trial %d: heartbeat not recorded (%s)", trial.number,
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
     thread.start()
@@ -365,6 +377,11 @@ def _tell(study: optuna.Study, trial, values=None, state=None) -> None:
     except RuntimeError as e:
         if "Study.stop" not in str(e):
             raise
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
+        # another worker already ended it (its heartbeats stopped arriving for a while)
+        number = trial if isinstance(trial, int) else trial.number
+        log.warning("Trial %d was already ended by another worker (%s); its outcome is not "
+                    "recorded", number, str(e).splitlines()[0])
 
 
 def _alive(pid: int) -> bool:
