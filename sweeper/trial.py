@@ -43,9 +43,21 @@ def build_pruner(cfg: Any) -> optuna.pruners.BasePruner:
                      + ", ".join(PRUNERS))
 
 
+def storage(url: str, **kwargs):
+    """An Optuna storage for `url`; for a server database (PostgreSQL, MySQL) one that holds no
+    idle connections: sweeps open many storages (every worker, every trial), and a server allows
+    only so many clients (PostgreSQL: 100 by default)."""
+    if "://" not in url or url.startswith(("sqlite", "redis", "journal")):
+        return optuna.storages.RDBStorage(url, **kwargs) if kwargs else url
+    import sqlalchemy.pool
+
+    return optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sqlalchemy.pool.NullPool},
+                                      **kwargs)
+
+
 def trial_reporter(number: int, study_name: str, sweeper_cfg: Any, metric: str = "val/acc"):
     """An `on_epoch(epoch, metrics)` callback that reports `metric` and raises Pruned when told."""
-    study = optuna.load_study(study_name=study_name, storage=sweeper_cfg.storage,
+    study = optuna.load_study(study_name=study_name, storage=storage(sweeper_cfg.storage),
                               pruner=build_pruner(sweeper_cfg.pruner))
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     trial = optuna.trial.Trial(study, frozen._trial_id)

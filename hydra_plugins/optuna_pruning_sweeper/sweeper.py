@@ -38,6 +38,7 @@ from sweeper import sweep_report
 from sweeper.config import absolute_sqlite_url
 from sweeper.errors import SweeperError
 from sweeper.tracking import redact
+from sweeper.trial import storage as trial_storage
 
 log = logging.getLogger(__name__)
 TrialState = optuna.trial.TrialState
@@ -115,10 +116,10 @@ class OptunaPruningSweeper(Sweeper):
             self.study_name = f"sweep-{digest}"
         self.storage = absolute_sqlite_url(self.storage)
         try:
-            storage = self.storage
+            storage = trial_storage(self.storage) if self.storage else None
             if self._heartbeats():
                 with _quiet():
-                    storage = optuna.storages.RDBStorage(
+                    storage = trial_storage(
                         self.storage, heartbeat_interval=self.heartbeat_s,
                         grace_period=3 * self.heartbeat_s, heartbeat_stale_trial_callback=_lost)
             study = optuna.create_study(study_name=self.study_name, storage=storage,
