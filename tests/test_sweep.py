@@ -14,6 +14,7 @@ import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 
+from sweeper.trial import storage
 from tests.conftest import CONF, runs_of
 
 TrialState = optuna.trial.TrialState
@@ -245,6 +246,29 @@ def test_workers_on_postgresql_share_one_study_exactly(cifar_root, tmp_path):
             optuna.delete_study(study_name=name, storage=PG)
 
 
+def _worker(args, cwd):
+    """One sweep worker, as a user starts it; its output (a few lines per trial) is read at the end."""
+    return subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_mid_trial(proc, study_name, tmp_path, epochs):
+    """SIGKILL `proc` once it is an epoch into a trial of the study; return that trial's number."""
+    deadline = time.monotonic() + 180
+    while True:
+        with contextlib.suppress(KeyError):
+            for t in optuna.load_study(study_name=study_name, storage=storage(PG)).trials:
+                log = tmp_path / "multirun" / str(t.number) / "train.log"
+                if (t.state == TrialState.RUNNING
+                        and t.user_attrs.get("worker", "").endswith(f":{proc.pid}")
+                        and log.exists() and f"epoch 1/{epochs}" in log.read_text()):
+                    proc.kill()
+                    proc.wait()
+                    return t.number
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_and_a_tracking_server_survive_a_killed_worker(
@@ -257,31 +281,13 @@ def test_two_workers_on_postgresql_and_a_tracking_server_survive_a_killed_worker
                       f"tracking.experiment={name}", "hydra.sweeper.pruner.name=none",
                       "trainer.epochs=15", n_trials=10)
 
-    def worker():
-        return subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
     try:
-        a, b = worker(), worker()
-        deadline = time.monotonic() + 180
-        killed = None
-        while True:  # wait until b is an epoch into a trial, then kill it mid-trial
-            with contextlib.suppress(KeyError):
-                study = optuna.load_study(study_name=name, storage=PG)
-                running = [t.number for t in study.trials if t.state == TrialState.RUNNING
-                           and t.user_attrs.get("worker", "").endswith(f":{b.pid}")]
-                log = tmp_path / "multirun" / str(running[0]) / "train.log" if running else None
-                if log and log.exists() and "epoch 1/15" in log.read_text():
-                    killed = running[0]
-                    break
-            assert b.poll() is None and time.monotonic() < deadline, b.communicate()
-            time.sleep(0.1)
-        b.kill()
-        b.wait()
-        b = worker()  # the same command again
+        a, b = _worker(args, tmp_path), _worker(args, tmp_path)
+        killed = _kill_mid_trial(b, name, tmp_path, epochs=15)
+        b = _worker(args, tmp_path)  # the same command again
         for proc in (a, b):
-            _, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, err[-3000:]
+            out, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, out[-3000:]
 
         trials = optuna.load_study(study_name=name, storage=PG).trials
         assert sorted(t.number for t in trials) == list(range(10))  # exactly n_trials, no gaps
@@ -313,26 +319,9 @@ def test_a_worker_that_dies_for_good_loses_its_trial_by_heartbeat(cifar_root, ml
                       "hydra.sweeper.pruner.name=none", "hydra.sweeper.heartbeat_s=2",
                       "trainer.epochs=15", n_trials=6)
 
-    def worker():
-        return subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
     try:
-        a, b = worker(), worker()
-        deadline = time.monotonic() + 180
-        killed = None
-        while killed is None:  # b is an epoch into a trial: kill it, and never start it again
-            with contextlib.suppress(KeyError):
-                study = optuna.load_study(study_name=name, storage=PG)
-                for t in study.trials:
-                    log = tmp_path / "multirun" / str(t.number) / "train.log"
-                    if (t.state == TrialState.RUNNING and t.user_attrs.get("worker", "").endswith(
-                            f":{b.pid}") and log.exists() and "epoch 1/15" in log.read_text()):
-                        killed = t.number
-            assert b.poll() is None and time.monotonic() < deadline, b.communicate()
-            time.sleep(0.1)
-        b.kill()
-        b.wait()
+        a, b = _worker(args, tmp_path), _worker(args, tmp_path)
+        killed = _kill_mid_trial(b, name, tmp_path, epochs=15)  # and never start it again
         out, _ = a.communicate(timeout=600)
         assert a.returncode == 0, out[-3000:]
         assert f"Trial {killed} stopped sending heartbeats" in out
