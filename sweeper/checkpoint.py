@@ -1,7 +1,8 @@
 """Per-epoch checkpoints of one run: written atomically, read with `torch.load(weights_only=True)`.
 
 A checkpoint holds everything the next epoch depends on (weights, optimizer and gradient-scaler
-state, the weight average, RNG states, epoch, step, metrics so far) plus a fingerprint of the
+state, the weight average, the state of the generator behind shuffling and augmentation, epoch,
+step, metrics so far) plus a fingerprint of the
 settings that shape training, so a run resumes only into the same configuration.
 """
 
@@ -23,8 +24,8 @@ from sweeper.errors import SweeperError
 FILE = "checkpoint.pt"
 # Settings that may differ between the killed run and its resumption: where and how it runs,
 # what it logs, and where it records.
-_FREE = {"trainer.resume", "trainer.checkpoint", "trainer.device", "trainer.log_every", "trainer.save_model",
-         "trainer.eval_batch_size", "data.root", "data.download"}
+_FREE = {"trainer.resume", "trainer.checkpoint", "trainer.device", "trainer.log_every",
+         "trainer.save_model", "trainer.eval_batch_size", "data.root", "data.download"}
 
 
 class CheckpointError(SweeperError):
@@ -71,9 +72,7 @@ def load(path: Path, cfg, runtime: dict[str, Any] | None = None) -> dict:
         _ = state["epoch"], state["step"], state["model"], state["optimizer"], state["history"]
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
             KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} is corrupted or truncated ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
-                              f"over, or set trainer.resume=false") from None
+        raise _refusal(path, "is corrupted or truncated", e) from None
     wanted = fingerprint(cfg, runtime)
     differ = [key for key, value in wanted.items() if written.get(key) != value]
     if differ:
@@ -105,7 +104,11 @@ def restore(path: Path, state: dict, parts: dict, gen: torch.Generator) -> int:
                 part.load_state_dict(state[name])
         gen.set_state(state["rng_gen"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
-                              f"over, or set trainer.resume=false") from None
+        raise _refusal(path, "does not fit this run", e) from None
     return state["step"]
+
+
+def _refusal(path: Path, what: str, e: Exception) -> CheckpointError:
+    reason = str(e).splitlines()[0] if str(e) else ""
+    return CheckpointError(f"{path} {what} ({type(e).__name__}: {reason}); delete it to start "
+                           f"over, or set trainer.resume=false")

@@ -235,7 +235,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     per_epoch = min(len(train_set), steps_per_epoch * tr.batch_size)  # images trained per epoch
     total_steps = steps_per_epoch * tr.epochs
     check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
-    ckpt_path = Path(out_dir) / checkpoint.FILE if out_dir is not None else None
+    ckpt_path = out_dir / checkpoint.FILE if out_dir is not None else None
     parts = {"model": model, "optimizer": optimizer, "scaler": scaler, "ema": ema}
     runtime = {"device": device.type, "compile": use_compile, "channels_last": channels_last,
                "precision": str(amp)}
