@@ -22,10 +22,12 @@ class PreActBlock(nn.Module):
     When the block changes shape (stride 2 or more channels) the shortcut is a 1x1 conv taken from
     the pre-activated input, as in the paper; otherwise it is the identity.
 
-    A strided 1x1 conv is computed as a stride-1 1x1 conv of every `stride`-th pixel (the same
-    arithmetic): oneDNN's strided 1x1 weight gradient on channels_last inputs with fewer input
-    channels than its SIMD block (8 with AVX2) writes out of bounds, giving wrong gradients,
-    hangs or segfaults (uxlfoundation/oneDNN#6035; width 4 on an AVX2 CPU hit it).
+    With fewer than 16 input channels the strided 1x1 conv is computed as a stride-1 1x1 conv of
+    every `stride`-th pixel (the same arithmetic): oneDNN's strided 1x1 weight gradient on
+    channels_last inputs with fewer input channels than its SIMD block (8 with AVX2, 16 with
+    AVX-512) writes out of bounds, giving wrong gradients, hangs or segfaults
+    (uxlfoundation/oneDNN#6035; width 4 on an AVX2 CPU hit it). Wider inputs keep the strided
+    conv, which is faster there.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
@@ -34,17 +36,20 @@ class PreActBlock(nn.Module):
         self.conv1 = conv3x3(in_ch, out_ch, stride)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
-        self.stride = stride
+        self.subsample = stride if in_ch < 16 else 1  # taken by slicing, before the projection
         self.projection = None
         if stride != 1 or in_ch != out_ch:
-            self.projection = nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=False)
+            self.projection = nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride // self.subsample,
+                                        bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
         if self.projection is None:
             shortcut = x
+        elif self.subsample > 1:
+            shortcut = self.projection(out[:, :, ::self.subsample, ::self.subsample])
         else:
-            shortcut = self.projection(out[:, :, ::self.stride, ::self.stride])
+            shortcut = self.projection(out)
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
