@@ -15,6 +15,16 @@ per-epoch worker start-up is not counted against it; ours over the whole epoch).
 reference is taken within each round, then summarised as median, min and max. Also measured: the
 time to load CIFAR-10, and each trial's start-up cost (call of train() to the end of its first
 step) in-process with cached data and in a fresh process.
+
+And two ceilings, the most any loop of the same model and batch could reach against the reference:
+  peak          the model's arithmetic per training image (forward and backward, counted by
+                torch.utils.flop_counter) run at the device's measured peak (the fastest call of a
+                large matrix product and of large 3x3 convolutions, in the trainer's precision);
+                each loop's share of that peak is reported too;
+  convolutions  the model's convolutions alone, forward and backward, as the trainer runs them
+                (torch.profiler over a few steps): a loop whose every other operation (data,
+                normalisation, activation, optimizer) took no time. Only faster convolution
+                kernels than the library's, or less arithmetic, get past it.
 Writes a JSON file (benchmarks/ by default) and prints a table.
 """
 
@@ -37,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from sweeper.data import load_cifar10, split
-from sweeper.engine import describe, resolve_device, train
+from sweeper.engine import autocast_dtype, describe, resolve_device, train
 from sweeper.errors import SweeperError
 from sweeper.model import PreActResNet
 
@@ -141,6 +151,100 @@ def fresh_process_startup(overrides: list[str]) -> dict:
             "in_train_to_first_step_s": results["startup_s"], "whole_run_s": ended - launched}
 
 
+def train_flops_per_image(blocks: list[int], width: int) -> float:
+    """Floating-point operations of one training step (forward and backward) per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    net = PreActResNet(blocks, width)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(net(x), y).backward()
+    return counter.get_total_flops() / len(y)
+
+
+CONV_OPS = {"aten::mkldnn_convolution", "aten::cudnn_convolution", "aten::convolution_backward"}
+
+
+def convolution_time(blocks: list[int], width: int, batch_size: int, device: torch.device,
+                     channels_last: bool, amp: torch.dtype | None, steps: int = 3) -> dict:
+    """Seconds per training step spent in the model's convolutions, and in the whole step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = PreActResNet(blocks, width).to(device, memory_format=fmt)
+    x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        whole = (time.perf_counter() - started) / steps
+    events = [e for e in prof.key_averages() if e.key in CONV_OPS]
+    if device.type == "cuda":
+        conv_us = sum(e.device_time_total for e in events)
+    else:  # inclusive CPU time: the kernels and their own allocations
+        conv_us = sum(e.cpu_time_total for e in events)
+    return {"convolutions_s": conv_us / 1e6 / steps, "step_s": whole}
+
+
+def peak_flops(device: torch.device, amp: torch.dtype | None, seconds: float = 0.5) -> dict:
+    """The device's measured peak, FLOP/s: the fastest single call of a large matrix product and of
+    large 3x3 convolutions (channels_last, the trainer's layout), each repeated for about `seconds`.
+
+    The fastest call, not a typical one: an optimistic peak makes the ceiling an upper bound.
+    """
+    dtype = amp or torch.float32
+    gen = torch.Generator(device).manual_seed(0)
+
+    def rate(fn, flops: float) -> float:
+        fn()  # warm-up: kernel selection, allocation
+        best, spent = 0.0, 0.0
+        while spent < seconds:
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            dt = time.perf_counter() - t
+            best, spent = max(best, flops / dt), spent + dt
+        return best
+
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, generator=gen, device=device).to(dtype)
+    b = torch.randn(n, n, generator=gen, device=device).to(dtype)
+    rates = {"matmul": rate(lambda: a @ b, 2 * n ** 3)}
+    batch = 512 if device.type == "cuda" else 64
+    for ch, hw in ((64, 32), (256, 8)):
+        x = torch.randn(batch, ch, hw, hw, generator=gen, device=device).to(dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(ch, ch, 3, 3, generator=gen, device=device).to(dtype)
+        w = w.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            rates[f"conv{ch}x{hw}"] = rate(lambda x=x, w=w: F.conv2d(x, w, padding=1),
+                                           2 * batch * ch * ch * 9 * hw * hw)
+    return {"flops": max(rates.values()), "dtype": str(dtype).removeprefix("torch."),
+            "by_kernel": rates}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def summarise(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "values": values}
@@ -159,6 +263,8 @@ def run(args) -> dict:
         "blocks": args.blocks, "reps": args.reps, "variants": args.variants,
         "data_load_s": load_s, "widths": {},
     }
+    # Measured before any training, so no DataLoader worker or compiler thread competes with it.
+    report["peak"] = peak_flops(device, autocast_dtype("auto", device))
     args.val_size = min(512, len(data.train_y) // 4)  # evaluation is not timed: keep it small
     logging.getLogger("sweeper").setLevel(logging.WARNING)
     for width in args.widths:
@@ -181,9 +287,21 @@ def run(args) -> dict:
             print(f"width {width}, round {rep + 1}/{args.reps}: " + ", ".join(
                 f"{name} {r[-1]:.0f} img/s" for name, r in rates.items()), flush=True)
         ref = rates["reference"]
+        flops = train_flops_per_image(args.blocks, width)
+        conv = convolution_time(args.blocks, width, args.batch_size, device, channels_last=True,
+                                amp=autocast_dtype("auto", device))
         report["widths"][str(width)] = {
             "images_per_epoch": images,
             "images_per_s": {name: summarise(r) for name, r in rates.items()},
+            "train_flops_per_image": flops,
+            # achieved arithmetic rate (median img/s x FLOPs per image) as a share of the peak
+            "share_of_peak": {name: statistics.median(r) * flops / report["peak"]["flops"]
+                              for name, r in rates.items()},
+            # the ratio to the reference of a loop that ran the model at the device's peak
+            "ceiling_ratio": report["peak"]["flops"] / (statistics.median(ref) * flops),
+            # ... and of a loop that spent time only in the model's convolutions
+            "convolutions": {**conv, "ceiling_ratio": args.batch_size / conv["convolutions_s"]
+                             / statistics.median(ref)},
             "ratio_to_reference": {name: summarise([a / b for a, b in zip(rates[name], ref)])
                                    for name in args.variants},
             # train() call to the end of the first step: the first run of a variant pays the cold
@@ -203,11 +321,13 @@ def run(args) -> dict:
 
 
 def table(report: dict) -> str:
+    peak = report["peak"]
     lines = [f"{report['device']}, torch {report['torch']}, batch {report['batch_size']}, blocks "
              f"{report['blocks']}, {report['reps']} rounds; CIFAR-10 loaded in "
-             f"{report['data_load_s']:.1f} s",
+             f"{report['data_load_s']:.1f} s; measured peak {peak['flops'] / 1e9:.0f} GFLOP/s "
+             f"({peak['dtype']})",
              f"{'width':>5}  {'variant':<16}{'img/s (median)':>15}  {'x reference: median [min, max]':<31}"
-             f"{'start-up s: first / cached':>27}{'overhead s':>12}"]
+             f"{'% of peak':>10}{'start-up s: first / cached':>28}{'overhead s':>12}"]
     for width, w in report["widths"].items():
         for name, rate in w["images_per_s"].items():
             ratio, startup, overhead = "", "", ""
@@ -218,8 +338,15 @@ def table(report: dict) -> str:
                 cached = f"{statistics.median(s['cached']):.2f}" if s["cached"] else "-"
                 startup = f"{s['first']:.2f} / {cached}"
                 overhead = f"{w['in_process_overhead_s'][name]:.2f}"
-            lines.append(f"{width:>5}  {name:<16}{rate['median']:>15.0f}  {ratio:<31}{startup:>27}"
-                         f"{overhead:>12}")
+            share = f"{100 * w['share_of_peak'][name]:.0f}"
+            lines.append(f"{width:>5}  {name:<16}{rate['median']:>15.0f}  {ratio:<31}{share:>10}"
+                         f"{startup:>28}{overhead:>12}")
+        c = w["convolutions"]
+        lines.append(f"{width:>5}  {'(convs only)':<16}{report['batch_size'] / c['convolutions_s']:>15.0f}  "
+                     f"{c['ceiling_ratio']:<31.2f}{'':>10}   <- ceiling: convolutions take "
+                     f"{100 * c['convolutions_s'] / c['step_s']:.0f} % of a step")
+        lines.append(f"{width:>5}  {'(at the peak)':<16}{'':>15}  {w['ceiling_ratio']:<31.2f}{100:>10}"
+                     f"   <- ceiling: {w['train_flops_per_image'] / 1e9:.3f} GFLOP per training image")
     if "fresh_process" in report:
         f = report["fresh_process"]
         lines.append(f"fresh process: launch to first step {f['launch_to_first_step_s']:.1f} s "

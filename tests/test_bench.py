@@ -26,10 +26,21 @@ def test_bench_writes_json_and_prints_a_table(cifar_root, tmp_path):
     assert ratio["values"] == [a / b for a, b in zip(width["images_per_s"]["sweeper"]["values"],
                                                        width["images_per_s"]["reference"]["values"])]
     assert len(width["in_process_startup_s"]["sweeper"]["cached"]) == 1
+    # the ceilings: the peak is a real rate, and no loop can beat a loop of convolutions alone
+    peak = report["peak"]
+    assert peak["flops"] == max(peak["by_kernel"].values()) > 0 and peak["dtype"] == "float32"
+    assert width["train_flops_per_image"] > 0 and width["ceiling_ratio"] > 0
+    conv = width["convolutions"]
+    assert 0 < conv["convolutions_s"] < conv["step_s"]
+    assert conv["ceiling_ratio"] == 32 / conv["convolutions_s"] / width["images_per_s"]["reference"]["median"]
+    for name in ("reference", "sweeper"):
+        share = width["share_of_peak"][name]
+        assert share == width["images_per_s"][name]["median"] * width["train_flops_per_image"] / peak["flops"]
     fresh = report["fresh_process"]
     assert 0 < fresh["in_train_to_first_step_s"] < fresh["launch_to_first_step_s"] < fresh["whole_run_s"]
     assert report["data_load_s"] > 0 and report["device"].startswith("cpu")
     assert "x reference" in proc.stdout and "sweeper-eager" in proc.stdout
+    assert "(convs only)" in proc.stdout and "(at the peak)" in proc.stdout
 
 
 def test_bench_bad_data_root_is_one_line(tmp_path):
