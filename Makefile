@@ -15,7 +15,7 @@ $(VENV)/installed: pyproject.toml
 
 install: $(VENV)/installed ## create .venv and install the project with its test tools
 
-test: $(VENV)/installed ## run the test suite (synthetic data, CPU, about 3 minutes on 2 cores)
+test: $(VENV)/installed ## run the test suite (synthetic data, CPU, 3-7 minutes on 2 cores)
 	$(PY) -m pytest -n 2
 
 test-system: $(VENV)/installed ## system tests: kills and resume, workers, PostgreSQL, MLflow server
@@ -33,7 +33,7 @@ train: $(VENV)/installed ## train the default model (pre-act ResNet-18) on real 
 sweep: $(VENV)/installed ## search blocks per stage and lr with Optuna (resumable: run it again)
 	$(PY) -m sweeper.train --multirun sweep=blocks_lr data.root=$(DATA)
 
-bench: $(VENV)/installed ## our trainer vs the seed-style loop, side by side (about 5 min on 2 CPU cores)
+bench: $(VENV)/installed ## our trainer vs the seed-style loop, side by side (5-20 min on 2 CPU cores)
 	$(PY) -m sweeper.bench --data-root $(DATA) $(ARGS)
 
 ui: $(VENV)/installed ## MLflow UI for ./mlflow.db on http://127.0.0.1:5000

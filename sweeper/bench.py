@@ -292,7 +292,7 @@ def run(args) -> dict:
             conv = convolution_time(args.blocks, width, args.batch_size, device, channels_last=True,
                                     amp=autocast_dtype("auto", device))
             conv["ceiling_ratio"] = args.batch_size / conv["convolutions_s"] / statistics.median(ref)
-        except RuntimeError as e:
+        except (RuntimeError, AttributeError) as e:  # AttributeError: an older torch's profiler
             conv = {"error": f"{type(e).__name__}: {e}"}
         report["widths"][str(width)] = {
             "images_per_epoch": images,

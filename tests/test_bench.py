@@ -48,3 +48,21 @@ def test_bench_bad_data_root_is_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: CIFAR-10 not found") and proc.stderr.count("\n") == 1
+
+
+def test_bench_survives_a_failing_profiler(cifar_root, monkeypatch):
+    """On a GPU machine without CUPTI the profiler raises: the rest of the run must still report."""
+    from sweeper import bench
+
+    def no_cupti(*args, **kwargs):
+        raise RuntimeError("CUPTI not found")
+
+    monkeypatch.setattr(bench, "convolution_time", no_cupti)
+    args = bench.parse_args(["--widths", "4", "--blocks", "1", "1", "1", "1", "--batch-size", "32",
+                             "--images", "64", "--reps", "1", "--device", "cpu", "--variants",
+                             "sweeper", "--data-root", str(cifar_root), "--no-fresh-process"])
+    report = bench.run(args)
+    width = report["widths"]["4"]
+    assert width["convolutions"] == {"error": "RuntimeError: CUPTI not found"}
+    assert width["images_per_s"]["sweeper"]["median"] > 0 and width["ceiling_ratio"] > 0
+    assert "(convs only)    not measured: RuntimeError: CUPTI not found" in bench.table(report)
