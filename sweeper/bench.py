@@ -7,7 +7,8 @@ For each width, the same model and batch size are trained, in rounds (`--reps`) 
 the order (A B, B A, ...), by
   reference   the seed's loop: a torchvision-style dataset (PIL image, per-sample RandomCrop,
               RandomHorizontalFlip, ToTensor, Normalize), DataLoader(shuffle, 2 workers), fp32 NCHW,
-              SGD, `loss.item()` every step;
+              SGD, `loss.item()` every step; each round in a fresh process, as the seed's script
+              runs (the C library's default allocator, no caches warmed by the other loops);
   sweeper     `sweeper.engine.train` with its defaults for the device (other variants: --variants).
 Each measurement is the second of two epochs (the first warms up caches, allocator and compiler), in
 training images per second (the reference's from the end of its first step, so its DataLoader's
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
@@ -79,11 +81,12 @@ class SeedStyleCIFAR10(torch.utils.data.Dataset):
 
 
 def reference_rates(x: torch.Tensor, y: torch.Tensor, blocks: list[int], width: int,
-                    batch_size: int, device: torch.device, epochs: int = 2,
+                    batch_size: int, device: torch.device | str, epochs: int = 2,
                     workers: int = 2) -> list[float]:
     """Training images/s of each epoch of the seed-style loop (at least 2 steps per epoch)."""
     import torchvision.transforms as T
 
+    device = torch.device(device)
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
     loader = torch.utils.data.DataLoader(SeedStyleCIFAR10(x, y, transform), batch_size=batch_size,
@@ -112,6 +115,36 @@ def reference_rates(x: torch.Tensor, y: torch.Tensor, blocks: list[int], width: 
             torch.cuda.synchronize(device)
         rates.append(timed / (time.perf_counter() - start))
     return rates
+
+
+def _reference_child(conn, *args) -> None:
+    try:
+        conn.send(("ok", reference_rates(*args)))
+    except BaseException as e:  # reported by the parent, which raises it
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def reference_in_child(x: torch.Tensor, y: torch.Tensor, blocks: list[int], width: int,
+                       batch_size: int, device: torch.device) -> list[float]:
+    """`reference_rates` in a fresh Python process, as the seed's script runs: with the C library's
+    default allocator (our trainer changes it for its own process: `engine.keep_freed_memory`) and
+    none of this process's warm caches."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_reference_child,
+                       args=(child, x, y, blocks, width, batch_size, str(device)))
+    proc.start()
+    child.close()
+    try:
+        status, value = parent.recv()
+    except EOFError:
+        status, value = "error", "the process died"
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"the reference loop failed in its process: {value}")
+    return value
 
 
 def trainer_overrides(args, width: int, images: int, extra: list[str]) -> list[str]:
@@ -278,8 +311,8 @@ def run(args) -> dict:
             order = ["reference", *args.variants]
             for name in order if rep % 2 == 0 else order[::-1]:  # A B, then B A: no order bias
                 if name == "reference":
-                    rates[name].append(reference_rates(train_set.x, train_set.y, args.blocks,
-                                                       width, args.batch_size, device)[-1])
+                    rates[name].append(reference_in_child(train_set.x, train_set.y, args.blocks,
+                                                          width, args.batch_size, device)[-1])
                     continue
                 result = train(compose(trainer_overrides(args, width, images, VARIANTS[name])))
                 rates[name].append(result.history[-1]["images_per_s"])

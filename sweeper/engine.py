@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import math
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -75,6 +77,34 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError("trainer.device='cuda' is invalid: no CUDA device is available here; "
                           "allowed values are auto, cpu")
     return torch.device(name)
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_kept_freed_memory: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory in the process for reuse; True where it now does.
+
+    By default glibc maps every block of 32 MiB or more afresh and unmaps it when it is freed, and
+    returns the heap's free top to the system: each training step at width 64 then writes about 1 GB
+    of new pages, every page zeroed by the kernel on its first touch (200,000 page faults and 0.5 s of
+    system time per step on 2 cores). Served from a heap that is never trimmed, the same blocks are
+    reused step after step: 9-12 % less time per step at widths 16 and 64 on a 2-core CPU. The setting
+    is for the whole process, which keeps its peak memory until it exits. Linux with glibc only; a
+    user's own MALLOC_MMAP_MAX_ or MALLOC_TRIM_THRESHOLD_ takes precedence.
+    """
+    global _kept_freed_memory
+    if _kept_freed_memory is None:
+        _kept_freed_memory = False
+        user_set = {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ)
+        if sys.platform == "linux" and platform.libc_ver()[0] == "glibc" and not user_set:
+            libc = ctypes.CDLL("libc.so.6")
+            _kept_freed_memory = bool(libc.mallopt(_M_MMAP_MAX, 0)
+                                      and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+            log.debug("glibc malloc: freed memory is kept for reuse: %s", _kept_freed_memory)
+    return _kept_freed_memory
 
 
 def describe(device: torch.device) -> str:
@@ -198,6 +228,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         out_dir = writable_dir(Path(out_dir))
     device = resolve_device(cfg.trainer.device)
     log.info("Using device: %s", describe(device))
+    if device.type == "cpu":
+        keep_freed_memory()
     data = load_cifar10(str(cfg.data.root), cfg.data.download)
     train_set, val_set, test_set = (s.to(device) for s in split(
         data, cfg.data.val_size, cfg.data.train_size, cfg.data.test_size, cfg.seed))

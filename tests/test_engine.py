@@ -2,10 +2,15 @@
 
 import json
 import math
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 
 from sweeper.engine import train
+from tests.conftest import ROOT
 
 
 def test_a_run_learns_and_writes_results(tiny_cfg, tmp_path):
@@ -123,3 +128,37 @@ def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(tiny_cfg):
     assert next(iter(_compiled.values()))[1] is compiled
     assert second.history[-1]["train/loss"] == pytest.approx(first.history[-1]["train/loss"], rel=1e-5)
     assert second.startup_s < first.startup_s
+
+
+PAGE_FAULTS = """
+import resource, sys, torch
+from sweeper.engine import keep_freed_memory, train
+from tests.conftest import compose_cfg, TINY
+
+def faults_of_a_second_large_block():  # 64 MiB, over glibc's largest mmap threshold (32 MiB)
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # written, then freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+print(faults_of_a_second_large_block())
+train(compose_cfg([*TINY, f"data.root={sys.argv[1]}", "trainer.device=cpu"]))
+print(faults_of_a_second_large_block(), keep_freed_memory())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's (mallopt)")
+@pytest.mark.parametrize("env, kept", [({}, True), ({"MALLOC_MMAP_MAX_": "65536"}, False)])
+def test_training_on_cpu_reuses_freed_memory(cifar_root, env, kept):
+    """By default every large block is fresh memory, each page faulted in again; after train() on a
+    CPU it is reused (no faults): unless the user set glibc's own variables, which then rule."""
+    proc = subprocess.run([sys.executable, "-c", PAGE_FAULTS, str(cifar_root)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    first, (second, applied) = proc.stdout.split("\n")[0], proc.stdout.split("\n")[1].split()
+    assert int(first) > 10_000  # 16,384 pages of 4 KiB
+    assert applied == str(kept)
+    if kept:
+        assert int(second) < 1_000
+    else:
+        assert int(second) > 10_000
