@@ -109,13 +109,18 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
+def check_val_size(val_size: int, n: int) -> None:
+    """The validation split must leave at least one of the `n` training images to train on."""
+    if val_size >= n:
+        raise ConfigError(f"data.val_size={val_size} leaves no training images: it must be less than "
+                          f"the {n} training images")
+
+
 def split(data: Cifar10, val_size: int, train_size: int | None, test_size: int | None,
           seed: int) -> tuple[Split, Split, Split]:
     """(train, val, test): val is a seeded random subset of the training images, disjoint from train."""
     n = len(data.train_y)
-    if val_size >= n:
-        raise ConfigError(f"data.val_size={val_size} leaves no training images: it must be less than "
-                        f"the {n} training images")
+    check_val_size(val_size, n)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_size is not None:

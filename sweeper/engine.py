@@ -21,7 +21,7 @@ from torch import nn
 
 from sweeper import checkpoint
 from sweeper.config import validate
-from sweeper.data import CLASSES, Augment, Split, load_cifar10, normalize, split
+from sweeper.data import CLASSES, Augment, Split, check_val_size, load_cifar10, normalize, split
 from sweeper.errors import ConfigError
 from sweeper.model import build_model, count_parameters
 from sweeper.outputs import writable_dir
@@ -105,6 +105,34 @@ def keep_freed_memory() -> bool:
                                       and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
             log.debug("glibc malloc: freed memory is kept for reuse: %s", _kept_freed_memory)
     return _kept_freed_memory
+
+
+def runtime_of(cfg, device: torch.device) -> dict:
+    """How `cfg` runs on `device` (what a checkpoint must match to be resumed)."""
+    tr = cfg.trainer
+    return {"device": device.type,
+            "compile": tr.compile if tr.compile is not None else device.type == "cuda",
+            "channels_last": tr.channels_last if tr.channels_last is not None else True,
+            "precision": str(autocast_dtype(tr.precision, device))}
+
+
+def preflight(cfg, out_dir: Path | None = None, local: bool = True) -> torch.device | None:
+    """Every check that can refuse a run, made before anything is written or recorded.
+
+    The config's ranges and names, then, where the run would start here (`local`), the device,
+    the data (read once per process: the run reuses it) and the validation split's size, and,
+    with trainer.resume, that the checkpoint in `out_dir` can be resumed with this config.
+    Raises SweeperError; returns the device (None when not `local`).
+    """
+    validate(cfg)
+    if not local:  # a cluster's job: its device and data are checked where it runs
+        return None
+    device = resolve_device(cfg.trainer.device)
+    data = load_cifar10(str(cfg.data.root), cfg.data.download)
+    check_val_size(cfg.data.val_size, len(data.train_y))
+    if cfg.trainer.resume and out_dir is not None and (Path(out_dir) / checkpoint.FILE).exists():
+        checkpoint.load(Path(out_dir) / checkpoint.FILE, cfg, runtime_of(cfg, device))
+    return device
 
 
 def describe(device: torch.device) -> str:
@@ -223,10 +251,9 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     """
     entered = time.perf_counter()
     tracker = tracker if tracker is not None else NullTracker()
-    validate(cfg)
+    device = preflight(cfg)
     if out_dir is not None:
         out_dir = writable_dir(Path(out_dir))
-    device = resolve_device(cfg.trainer.device)
     log.info("Using device: %s", describe(device))
     if device.type == "cpu":
         keep_freed_memory()
@@ -239,8 +266,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     tr = cfg.trainer
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    channels_last = tr.channels_last if tr.channels_last is not None else True
-    use_compile = tr.compile if tr.compile is not None else device.type == "cuda"
+    runtime = runtime_of(cfg, device)
+    channels_last, use_compile = runtime["channels_last"], runtime["compile"]
     amp = autocast_dtype(tr.precision, device)
     model, forward = build_compiled(cfg.model, device, channels_last, use_compile)
     result = Result(status="running", n_params=count_parameters(model), device=describe(device))
@@ -269,8 +296,6 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     check_every = 1 if device.type == "cpu" else CUDA_CHECK_EVERY
     ckpt_path = out_dir / checkpoint.FILE if out_dir is not None else None
     parts = {"model": model, "optimizer": optimizer, "scaler": scaler, "ema": ema}
-    runtime = {"device": device.type, "compile": use_compile, "channels_last": channels_last,
-               "precision": str(amp)}
     step = 0
     if tr.resume:
         if ckpt_path is None:

@@ -19,8 +19,8 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import absolute_sqlite_url, check_overrides, register, validate
-from sweeper.engine import train
+from sweeper.config import absolute_sqlite_url, check_overrides, register
+from sweeper.engine import preflight, train
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.tracking import open_tracker, redact
 
@@ -42,9 +42,9 @@ def main(cfg: DictConfig) -> float:
                               f"python -m sweeper.train --multirun sweep=...")
         cfg.data.root = to_absolute_path(cfg.data.root)
         cfg.tracking.uri = absolute_sqlite_url(cfg.tracking.uri)
-        validate(cfg)
         if cfg.trial.number is not None:
             cfg.trainer.checkpoint = False  # a killed trial is not resumed: a new one replaces it
+        preflight(cfg, out_dir)  # a refused run writes no config.yaml and opens no MLflow run
         (out_dir / "config.yaml").write_text(redact_yaml(cfg))
         tags = {"hydra_overrides": redact(" ".join(hydra_cfg.overrides.task))}
         on_epoch = None
@@ -58,11 +58,17 @@ def main(cfg: DictConfig) -> float:
             result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
             tracker.log_result(result, out_dir)
     except SweeperError as e:
-        if multirun:
-            raise  # a sweep records the trial as failed and goes on
-        print(f"error: {e}", file=sys.stderr)
+        if cfg.trial.number is not None:
+            raise  # the Optuna sweep records the trial as failed and goes on
+        if multirun:  # Hydra's own sweep of a list of values stops at its first bad job
+            print(f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {e}",
+                  file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
+        if cfg.trial.number is not None:
+            raise  # the sweep marks the trial FAIL and says how to resume
         print("interrupted: results.json says status: interrupted", file=sys.stderr)
         sys.exit(130)
     if result.status == "diverged" and not multirun:

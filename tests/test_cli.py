@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sweeper.data import FOLDER
-from tests.conftest import ROOT, TINY, make_cifar, run_cli
+from tests.conftest import ROOT, TINY, make_cifar, run_cli, runs_of
 
 
 def test_end_to_end_run_prints_device_progress_and_per_class_accuracy(cifar_root, tmp_path):
@@ -97,6 +97,7 @@ def bad_runs(cifar_root, tmp_path_factory):
         if name == "corrupted checkpoint":
             run_dir.mkdir()
             (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+            (run_dir / "config.yaml").write_text("# the run that wrote the checkpoint\n")
         return run_cli(*TINY, f"data.root={root}", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp), run_dir
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -116,10 +117,25 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(bad_runs, name):
     results = run_dir / "results.json"
     if name == "corrupted checkpoint":
         assert (run_dir / "checkpoint.pt").read_bytes() == b"PK\x03\x04 cut short"  # kept as it was
+        # the refused run did not overwrite the config of the run it would have resumed
+        assert (run_dir / "config.yaml").read_text() == "# the run that wrote the checkpoint\n"
+    elif name != "diverged" and name != "read-only output dir":
+        assert not (run_dir / "config.yaml").exists()  # refused before anything is written
     if name == "diverged":
         assert json.loads(results.read_text())["status"] == "diverged"
     else:
         assert not results.exists()  # nothing that looks like a finished run
+
+
+@pytest.mark.parametrize("override", ["trainer.device=cuda", "data.root=/nonexistent/cifar",
+                                      "data.val_size=300"])
+def test_a_refused_run_opens_no_mlflow_run(mlflow_uri, cifar_root, tmp_path, override):
+    if override == "trainer.device=cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = run_cli(*TINY, f"data.root={cifar_root}", "tracking=mlflow", f"tracking.uri={mlflow_uri}",
+                   override, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stdout + proc.stderr
+    assert runs_of(mlflow_uri)[1] == []
 
 
 def test_a_typo_fails_before_training_naming_the_key(tmp_path):

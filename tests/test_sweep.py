@@ -93,16 +93,79 @@ def test_a_raising_and_a_diverging_trial_are_recorded_and_the_sweep_goes_on(cifa
 
 
 def test_too_many_failures_stop_the_sweep_with_one_line(cifar_root, tmp_path):
-    proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=0", "hydra.sweeper.max_failure_rate=0.0"),
-                 tmp_path)
+    proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=choice(0)",
+                            "hydra.sweeper.max_failure_rate=0.0"), tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 trials failed")
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 trials failed in this run")
     assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL]
 
 
-def test_a_sweep_where_every_trial_fails_ends_with_one_line(cifar_root, tmp_path):
-    proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=0", "hydra.sweeper.max_failure_rate=1.0",
+def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_path):
+    study = optuna.create_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/optuna.db",
+                                direction="maximize")
+    for _ in range(2):  # failed in an earlier run (a full disk, say), since fixed
+        trial = study.ask()
+        trial.set_user_attr("reason", "OSError: No space left on device")
+        study.tell(trial, state=TrialState.FAIL)
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.max_failure_rate=0.5",
+                            "hydra.sweeper.pruner.name=none", n_trials=4), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [t.state for t in study_of(tmp_path).trials][2:] == [TrialState.COMPLETE] * 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.width=0", "error: model.width=0 is invalid: a positive int"),
+    ("trainer.device=cuda", "error: trainer.device='cuda' is invalid: no CUDA device"),
+    ("data.root=/nonexistent", "error: CIFAR-10 not found: /nonexistent/"),
+])
+def test_a_bad_shared_setting_is_refused_before_any_trial(cifar_root, tmp_path, override, message):
+    proc = sweep(sweep_args(cifar_root, tmp_path, override), tmp_path)
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]
+    assert proc.stderr.strip().startswith(message), proc.stderr
+    assert not (tmp_path / "optuna.db").exists()  # no study, no trial
+    assert not (tmp_path / "multirun" / "0").exists()
+
+
+def test_a_study_refuses_a_run_with_other_shared_settings(cifar_root, tmp_path):
+    first = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=1), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=2", n_trials=2), tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stdout + again.stderr
+    assert again.stderr.strip().splitlines()[-1] == (
+        "error: study 'smoke' was run with trainer.epochs=1; this command has trainer.epochs=2: "
+        "run it with the study's settings, or start a new study with "
+        "hydra.sweeper.study_name=<another name>")
+    assert len(study_of(tmp_path).trials) == 1
+    # how trials run and are recorded is not part of the recipe: this run goes on
+    more = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "trainer.log_every=1",
                             n_trials=2), tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(study_of(tmp_path).trials) == 2
+
+
+def test_ctrl_c_fails_the_running_trial_and_says_how_to_resume(cifar_root, tmp_path):
+    args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none", "trainer.epochs=50",
+                      n_trials=2)
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "multirun" / "0" / "train.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "epoch 1/50" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "interrupted: the running trial is FAIL; run the same command to resume study 'smoke'")
+    [trial] = study_of(tmp_path).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted"
+
+
+def test_a_sweep_where_every_trial_fails_ends_with_one_line(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=choice(0)",
+                            "hydra.sweeper.max_failure_rate=1.0", n_trials=2), tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no trial of study 'smoke' completed") and "model.width=0" in last

@@ -166,9 +166,39 @@ class OptunaPruningSweeper(Sweeper):
 
     # -- the loop ----------------------------------------------------------------------------------
 
+    def _preflight(self, job_cfg: DictConfig) -> None:
+        """Check the settings every trial shares once, before the study is touched: a bad value,
+        a missing dataset or an absent device is one line and exit status 2 (or 1), not a study
+        of failed trials. Jobs of a cluster launcher check their device and data where they run."""
+        from sweeper.engine import preflight
+
+        cfg = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
+        cfg.data.root = str(Path(str(cfg.data.root)).absolute())
+        launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_"))
+        local = launcher.endswith(("BasicLauncher", "LocalLauncher"))  # jobs run on this machine
+        preflight(cfg, local=local)
+
+    def _check_recipe(self, study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
+        """A study holds trials of one recipe: the settings every trial shares. The first run
+        records them; a later run of the same study with other settings is refused."""
+        recipe = _recipe(job_cfg, space)
+        stored = study.user_attrs.get("recipe")
+        if stored is None:
+            study.set_user_attr("recipe", recipe)
+            return
+        differ = sorted(k for k in set(stored) | set(recipe) if stored.get(k) != recipe.get(k))
+        if differ:
+            then = ", ".join(f"{k}={stored.get(k)}" for k in differ[:3])
+            now = ", ".join(f"{k}={recipe.get(k)}" for k in differ[:3])
+            raise SweepError(f"study '{self.study_name}' was run with {then}; this command has "
+                             f"{now}: run it with the study's settings, or start a new study with "
+                             f"hydra.sweeper.study_name=<another name>")
+
     def _sweep(self, arguments: list[str]) -> None:
         space, fixed_lines, job_cfg, lines = self._search_space(arguments)
+        self._preflight(job_cfg)
         study = self._open_study(space, lines)
+        self._check_recipe(study, job_cfg, space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         worker = os.environ.get("SWEEPER_WORKER") is not None
@@ -181,15 +211,17 @@ class OptunaPruningSweeper(Sweeper):
                  type(study.sampler).__name__, self.pruner_cfg.name)
         helpers = [] if worker else self._start_workers(sweep_dir, parent)
         allowed_failures = math.floor(self.max_failure_rate * self.n_trials)
+        failed_before = _count_failures(study)  # an earlier run's failures, fixed since: not counted
         try:
             while (trial := self._ask(study, space)) is not None:
                 self._run_trial(study, trial, fixed_lines, parent)
                 sweep_report.progress(parent, study)
-                failures = _count_failures(study)
+                failures = _count_failures(study) - failed_before
                 if failures > allowed_failures:
                     raise SweepError(
-                        f"{failures} trials failed, more than hydra.sweeper.max_failure_rate="
-                        f"{self.max_failure_rate} of {self.n_trials} allows; see {sweep_dir}/*/train.log")
+                        f"{failures} trials failed in this run, more than hydra.sweeper."
+                        f"max_failure_rate={self.max_failure_rate} of {self.n_trials} allows; see "
+                        f"{sweep_dir}/*/train.log")
             for proc in helpers:
                 proc.wait()
             if not worker:
@@ -293,6 +325,30 @@ class OptunaPruningSweeper(Sweeper):
 
 
 _MISSING = object()
+# Settings that change how a trial runs or is recorded, not what it measures: a study's recipe
+# leaves them out, so a resumed sweep may change them.
+_NOT_RECIPE = ("hydra", "tracking", "trial", "data.root", "data.download", "trainer.device",
+               "trainer.compile", "trainer.channels_last", "trainer.eval_batch_size",
+               "trainer.log_every", "trainer.save_model", "trainer.checkpoint", "trainer.resume")
+
+
+def _recipe(job_cfg: DictConfig, space: dict) -> dict[str, str]:
+    """The settings every trial of the sweep shares, as {dotted key: value}: the job's config
+    without the searched keys and without what only changes how trials run (_NOT_RECIPE)."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if prefix in space or prefix.lstrip("+") in space or prefix in _NOT_RECIPE:
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = str(node)
+
+    walk({k: OmegaConf.to_container(job_cfg[k], resolve=True) if OmegaConf.is_config(job_cfg[k])
+          else job_cfg[k] for k in job_cfg if k not in _NOT_RECIPE}, "")
+    return out
 
 
 @contextlib.contextmanager
