@@ -157,7 +157,10 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
     for override in parsed:
         group = override.key_or_group
         folders = [d / group for d in dirs if (d / group).is_dir()]
-        if override.is_delete() or group.startswith("hydra") or not folders:
+        if override.is_delete() or group.startswith("hydra"):
+            continue
+        if not folders:
+            _check_key(override)
             continue
         try:
             values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
@@ -169,6 +172,80 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
             if value is None or (isinstance(value, str) and value not in allowed):
                 raise ConfigError(f"{group}={value if value is not None else 'null'} is invalid: "
                                   f"allowed values are {', '.join(allowed)}")
+
+
+_TYPE_NAMES = {int: "an int", float: "a float", bool: "true or false", str: "a string"}
+
+
+def _expected(node: Any) -> str:
+    """What a schema field holds, in words: 'an int', 'a list of ints', '... or null'."""
+    meta = node._metadata
+    element = getattr(meta, "element_type", None)
+    if element is not None and getattr(meta.ref_type, "__origin__", None) in (list, tuple):
+        words = f"a list of {_TYPE_NAMES.get(element, 'values')[2:].lstrip()}s"
+        words = words.replace("true or falses", "booleans")
+    else:
+        words = _TYPE_NAMES.get(meta.ref_type, "a value of another type")
+    return words + (" or null" if meta.optional else "")
+
+
+def _check_key(override: Any) -> None:
+    """A plain `key=value` override: the key must exist in the schema and the value fit its type
+    (Hydra says both over five lines and exits with 1; this is one line and exit status 2)."""
+    import difflib
+
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    key = override.key_or_group
+    if override.is_add() or override.is_force_add() or override.package is not None:
+        return  # `+key=value` adds a key on purpose; Hydra checks it
+    schema = OmegaConf.structured(Config)
+    try:
+        absent = OmegaConf.select(schema, key, default=_ABSENT) is _ABSENT
+    except OmegaConfBaseException:  # a list indexed by a name: model.blocks.x
+        absent = True
+    if absent:
+        parent_key, _, name = key.rpartition(".")
+        while parent_key and not OmegaConf.is_config(OmegaConf.select(schema, parent_key)):
+            parent_key, _, name = parent_key.rpartition(".")
+        parent = OmegaConf.select(schema, parent_key) if parent_key else schema
+        if OmegaConf.is_list(parent):
+            raise ConfigError(f"{key} is not a config key: {parent_key} has {len(parent)} items by "
+                              f"default, {parent_key}.0 to {parent_key}.{len(parent) - 1}; set the "
+                              f"whole list to change its length, e.g. {parent_key}=[...]")
+        keys = [str(k) for k in parent.keys()]
+        guess = difflib.get_close_matches(name, keys, n=1)
+        hint = f" (did you mean {'.'.join(filter(None, [parent_key, guess[0]]))}?)" if guess else ""
+        where = parent_key or "the config"
+        raise ConfigError(f"{key} is not a config key{hint}: {where} has {', '.join(keys)}")
+    try:
+        if override.is_sweep_override():
+            values = list(override.sweep_iterator())
+        else:
+            values = [override.value()]
+    except (HydraException, TypeError, ValueError):
+        return  # an interval, a tagged or a glob sweep: the sweeper checks its bounds
+    parent_key, _, name = key.rpartition(".")
+    for value in values:
+        if isinstance(value, str) and "${" in value:
+            continue  # an interpolation: resolved when the config is composed
+        try:
+            OmegaConf.update(schema.copy(), key, value, merge=False)
+        except OmegaConfBaseException:
+            parent = OmegaConf.select(schema, parent_key) if parent_key else schema
+            node = parent._get_node(int(name) if OmegaConf.is_list(parent) else name)
+            shown = "null" if value is None else override.get_value_element_as_str() \
+                if not override.is_sweep_override() else value
+            if OmegaConf.is_list(parent):
+                expected = _TYPE_NAMES.get(parent._metadata.element_type, "a value of another type")
+            else:
+                expected = _expected(node)
+            raise ConfigError(f"{key}={shown} is invalid: {expected}") from None
+
+
+_ABSENT = object()
 
 
 def register() -> None:

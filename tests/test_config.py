@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from sweeper.config import validate
+from sweeper.config import check_overrides, validate
 from sweeper.errors import ConfigError
 from tests.conftest import CONF, compose_cfg
 
@@ -123,3 +123,32 @@ def test_a_typo_inside_a_preset_file_fails_at_compose_time(tmp_path):
     (conf / "experiment" / "typo.yaml").write_text("# @package _global_\ntrainer:\n  epoch: 3\n")
     with pytest.raises(ConfigCompositionException):
         compose_cfg(["experiment=typo"], conf_dir=conf)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.blok=3", "model.blok is not a config key (did you mean model.blocks?): model has "
+                     "blocks, width, num_classes"),
+    ("trainer.epoch=1", "trainer.epoch is not a config key (did you mean trainer.epochs?)"),
+    ("sed=1", "sed is not a config key (did you mean seed?): the config has model, data,"),
+    ("model.blocks.4=2", "model.blocks.4 is not a config key: model.blocks has 4 items by default"),
+    ("trainer.epochs=abc", "trainer.epochs=abc is invalid: an int"),
+    ("trainer.epochs=1.5", "trainer.epochs=1.5 is invalid: an int"),
+    ("trainer.epochs=null", "trainer.epochs=null is invalid: an int"),
+    ("model.blocks=[2,2,2,2.5]", "model.blocks=[2,2,2,2.5] is invalid: a list of ints"),
+    ("model.blocks.0=x", "model.blocks.0=x is invalid: an int"),
+    ("trainer.tta=maybe", "trainer.tta=maybe is invalid: true or false"),
+    ("model.width=4,abc", "model.width=abc is invalid: an int"),
+])
+def test_check_overrides_names_an_unknown_key_or_a_wrong_type_in_one_line(override, message):
+    with pytest.raises(ConfigError) as info:
+        check_overrides([override])
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override", [
+    "data.train_size=null", "trainer.compile=true", "model.blocks=[4,5,6,3]", "model.blocks.0=3",
+    "optimizer.lr=1e-3", "optimizer=adamw", "+extra=1", "model.width=16,32", "seed=${oc.env:SEED,0}",
+    "model.blocks.0=range(1,4)", "optimizer.lr=tag(log,interval(0.01,1.0))",
+])
+def test_check_overrides_lets_valid_overrides_and_sweeps_through(override):
+    check_overrides([override])
