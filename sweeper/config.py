@@ -7,6 +7,7 @@ wrong type fails when Hydra composes the config. `validate` then checks what typ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,7 +271,8 @@ def validate(cfg: Any) -> None:
         "model.blocks", "a list of 4 positive ints, e.g. [2,2,2,2]", blocks,
     )
     _require(cfg.model.width >= 1, "model.width", "a positive int", cfg.model.width)
-    _require(cfg.model.num_classes >= 2, "model.num_classes", "an int >= 2", cfg.model.num_classes)
+    _require(cfg.model.num_classes == 10, "model.num_classes", "10 (the classes of CIFAR-10)",
+             cfg.model.num_classes)
 
     data = cfg.data
     _require(data.val_size >= 1, "data.val_size", "an int >= 1", data.val_size)
@@ -291,7 +293,7 @@ def validate(cfg: Any) -> None:
 
     opt = cfg.optimizer
     _one_of("optimizer.name", opt.name, OPTIMIZERS)
-    _require(opt.lr > 0, "optimizer.lr", "a float > 0", opt.lr)
+    _require(0 < opt.lr < math.inf, "optimizer.lr", "a finite float > 0", opt.lr)
     _require(0 <= opt.momentum < 1, "optimizer.momentum", "a float in [0, 1)", opt.momentum)
     _require(opt.weight_decay >= 0, "optimizer.weight_decay", "a float >= 0", opt.weight_decay)
     _require(0 <= opt.beta2 < 1, "optimizer.beta2", "a float in [0, 1)", opt.beta2)

@@ -269,6 +269,9 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     runtime = runtime_of(cfg, device)
     channels_last, use_compile = runtime["channels_last"], runtime["compile"]
     amp = autocast_dtype(tr.precision, device)
+    if amp is not None and device.type == "cpu":
+        log.warning("trainer.precision=%s on the CPU: usually several times slower than fp32 "
+                    "(trainer.precision=auto uses fp32 there)", tr.precision)
     model, forward = build_compiled(cfg.model, device, channels_last, use_compile)
     result = Result(status="running", n_params=count_parameters(model), device=describe(device))
     log.info("Model: blocks %s, width %d, %.2fM parameters", list(cfg.model.blocks),
@@ -314,6 +317,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         else:
             log.info("trainer.resume: no %s yet, starting from scratch", ckpt_path)
     start = time.perf_counter()
+    above_bars = _log_above_bars()  # log lines over the progress bar, not glued to it
+    above_bars.__enter__()
     try:
         for epoch in range(result.epochs_completed + 1, tr.epochs + 1):
             epoch_start = time.perf_counter()
@@ -402,6 +407,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         except OSError as err:  # a full disk, say: report the first error, not this one
             log.error("could not write results.json: %s", err)
         raise
+    finally:
+        above_bars.__exit__(None, None, None)
 
     if result.status == "running":
         test_preds = predict(test_set)
@@ -432,6 +439,15 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def _finish(result: Result, out_dir: Path | None) -> None:
     if out_dir is not None:
         write_json(Path(out_dir) / "results.json", result.to_json())
+
+
+def _log_above_bars():
+    """With a terminal, console log lines are written above tqdm's bar instead of after it."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def _progress(total: int, desc: str):

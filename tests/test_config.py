@@ -87,6 +87,8 @@ def test_an_unknown_group_option_fails_naming_the_options():
     ("model.width=0", "model.width"),
     ("optimizer.lr=0", "optimizer.lr"),
     ("optimizer.lr=-0.1", "optimizer.lr"),
+    ("optimizer.lr=inf", "optimizer.lr"),
+    ("model.num_classes=5", "model.num_classes"),
     ("optimizer.name=adam", "optimizer.name"),
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("trainer.epochs=0", "trainer.epochs"),
@@ -104,7 +106,7 @@ def test_validate_names_the_field_and_what_is_allowed(override, field):
         validate(cfg)
     message = str(err.value)
     assert message.startswith(f"{field}=") and "\n" not in message
-    assert any(word in message for word in ("allowed", "a ", "an ", "fraction", "0 (off)"))
+    assert any(word in message for word in ("allowed", "a ", "an ", "fraction", "0 (off)", "10 (the"))
 
 
 def test_validate_lists_the_allowed_names():

@@ -127,6 +127,17 @@ def test_a_bad_shared_setting_is_refused_before_any_trial(cifar_root, tmp_path, 
     assert not (tmp_path / "multirun" / "0").exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials=0 is invalid: an int >= 1"),
+    ("hydra.sweeper.n_jobs=0", "error: hydra.sweeper.n_jobs=0 is invalid: an int >= 1"),
+    ("hydra.sweeper.max_failure_rate=2", "error: hydra.sweeper.max_failure_rate=2"),
+])
+def test_bad_sweeper_settings_are_one_line(cifar_root, tmp_path, override, message):
+    proc = sweep(sweep_args(cifar_root, tmp_path, override), tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip().startswith(message) and not (tmp_path / "optuna.db").exists()
+
+
 def test_a_study_refuses_a_run_with_other_shared_settings(cifar_root, tmp_path):
     first = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=1), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 import hydra_plugins.optuna_pruning_sweeper.config  # noqa: F401  (registers hydra/sweeper)
 from sweeper import sweep_report
 from sweeper.config import absolute_sqlite_url
-from sweeper.errors import SweeperError
+from sweeper.errors import ConfigError, SweeperError
 from sweeper.tracking import redact
 from sweeper.trial import storage as trial_storage
 
@@ -194,7 +194,17 @@ class OptunaPruningSweeper(Sweeper):
                              f"{now}: run it with the study's settings, or start a new study with "
                              f"hydra.sweeper.study_name=<another name>")
 
+    def _check_settings(self) -> None:
+        for key, ok, allowed in (
+                ("n_trials", self.n_trials >= 1, "an int >= 1"),
+                ("n_jobs", self.n_jobs >= 1, "an int >= 1"),
+                ("max_failure_rate", 0 <= self.max_failure_rate <= 1, "a fraction in [0, 1]"),
+                ("heartbeat_s", self.heartbeat_s >= 0, "an int >= 0 (0 = off)")):
+            if not ok:
+                raise ConfigError(f"hydra.sweeper.{key}={getattr(self, key)} is invalid: {allowed}")
+
     def _sweep(self, arguments: list[str]) -> None:
+        self._check_settings()
         space, fixed_lines, job_cfg, lines = self._search_space(arguments)
         self._preflight(job_cfg)
         study = self._open_study(space, lines)
