@@ -130,9 +130,26 @@ def preflight(cfg, out_dir: Path | None = None, local: bool = True) -> torch.dev
     device = resolve_device(cfg.trainer.device)
     data = load_cifar10(str(cfg.data.root), cfg.data.download)
     check_val_size(cfg.data.val_size, len(data.train_y))
-    if cfg.trainer.resume and out_dir is not None and (Path(out_dir) / checkpoint.FILE).exists():
-        checkpoint.load(Path(out_dir) / checkpoint.FILE, cfg, runtime_of(cfg, device))
+    if cfg.trainer.resume and out_dir is not None:
+        if (Path(out_dir) / checkpoint.FILE).exists():
+            checkpoint.load(Path(out_dir) / checkpoint.FILE, cfg, runtime_of(cfg, device))
+        else:
+            refuse_completed(Path(out_dir))
     return device
+
+
+def refuse_completed(out_dir: Path) -> None:
+    """trainer.resume in a directory whose run completed: nothing to resume, and training from
+    scratch would overwrite its results and weights."""
+    results = out_dir / "results.json"
+    try:
+        completed = json.loads(results.read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        completed = False
+    if completed:
+        raise checkpoint.CheckpointError(
+            f"{results} holds a completed run: nothing to resume, and its results and model.pt "
+            f"are kept; use another hydra.run.dir, or trainer.resume=false to train it again")
 
 
 def describe(device: torch.device) -> str:
@@ -315,6 +332,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             log.info("Resuming from %s: %d of %d epochs done", ckpt_path, result.epochs_completed,
                      tr.epochs)
         else:
+            refuse_completed(out_dir)
             log.info("trainer.resume: no %s yet, starting from scratch", ckpt_path)
     start = time.perf_counter()
     above_bars = _log_above_bars()  # log lines over the progress bar, not glued to it

@@ -102,7 +102,7 @@ def finish(study: optuna.Study, sweeper: Any, sweep_dir: Path, parent) -> None:
     log.info("%s", summary_table(study, sweeper.objectives))
     files = [results_path]
     if len(study.directions) == 1:
-        preset, command = write_best_preset(sweep_dir, study.best_trial)
+        preset, command = write_best_preset(sweep_dir, study.best_trial, study.study_name)
         files.append(preset)
         log.info("Best trial %d: %s = %s\nRe-run it with:\n  %s", best.number, sweeper.objectives[0],
                  best.value, command)
@@ -131,7 +131,8 @@ def summary_table(study: optuna.Study, objectives: list[str], top: int = 10) -> 
     return "\n".join(lines)
 
 
-def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial) -> tuple[Path, str]:
+def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial,
+                      study_name: str = "") -> tuple[Path, str]:
     """experiment/best.yaml: the best trial's composed config as a preset, and the command to run it."""
     job_config = sweep_dir / str(best.number) / ".hydra" / "config.yaml"
     cfg = OmegaConf.load(job_config)
@@ -140,7 +141,8 @@ def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial) -> tuple[
     cfg.tracking.parent_run_id = None
     preset = sweep_dir / "experiment" / "best.yaml"
     preset.parent.mkdir(exist_ok=True)
-    preset.write_text(f"# @package _global_\n# Trial {best.number} of study, value {best.value}\n"
+    preset.write_text(f"# @package _global_\n# Trial {best.number} of study '{study_name}', "
+                      f"value {best.value}\n"
                       + OmegaConf.to_yaml(cfg))
     command = ("python -m sweeper.train "
                + shlex.quote(f"hydra.searchpath=[file://{sweep_dir}]") + " experiment=best")

@@ -9,6 +9,7 @@ exit.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def main(cfg: DictConfig) -> float:
         if hydra_cfg.runtime.choices.get("sweep") and not multirun:
             raise ConfigError(f"sweep={hydra_cfg.runtime.choices['sweep']} needs --multirun: "
                               f"python -m sweeper.train --multirun sweep=...")
-        cfg.data.root = to_absolute_path(cfg.data.root)
+        cfg.data.root = os.path.normpath(to_absolute_path(cfg.data.root))
         cfg.tracking.uri = absolute_sqlite_url(cfg.tracking.uri)
         if cfg.trial.number is not None:
             cfg.trainer.checkpoint = False  # a killed trial is not resumed: a new one replaces it

@@ -54,6 +54,15 @@ def test_resume_without_a_checkpoint_starts_from_scratch(tiny_cfg, tmp_path):
     assert train(tiny_cfg, out_dir=tmp_path).status == "completed"
 
 
+def test_resume_of_a_completed_run_is_refused_and_keeps_its_results(tiny_cfg, tmp_path):
+    assert train(tiny_cfg, out_dir=tmp_path).status == "completed"
+    before = (tmp_path / "results.json").read_bytes(), (tmp_path / "model.pt").read_bytes()
+    tiny_cfg.trainer.resume = True
+    with pytest.raises(CheckpointError, match="holds a completed run: nothing to resume"):
+        train(tiny_cfg, out_dir=tmp_path)
+    assert ((tmp_path / "results.json").read_bytes(), (tmp_path / "model.pt").read_bytes()) == before
+
+
 def test_resume_into_other_settings_is_refused(tiny_cfg, tmp_path):
     tiny_cfg.trainer.epochs = 3
     with pytest.raises(Interrupt):
