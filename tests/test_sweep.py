@@ -236,7 +236,7 @@ def test_two_workers_share_one_study_without_duplicates(cifar_root, mlflow_uri, 
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.blok=range(1,3)", "hydra.sweeper.params key 'model.blok' does not exist"),
+    ("model.blok=range(1,3)", "model.blok is not a config key (did you mean model.blocks?)"),
     ("hydra.sweeper.params=null", "hydra.sweeper.params is empty"),
 ])
 def test_a_bad_search_space_is_one_line(cifar_root, tmp_path, override, message):
