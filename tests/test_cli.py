@@ -34,6 +34,48 @@ def test_end_to_end_run_prints_device_progress_and_per_class_accuracy(cifar_root
     assert "val/acc" in (run_dir / "train.log").read_text()
 
 
+def _screen(raw: str) -> list[str]:
+    """The lines a terminal shows for `raw`: a carriage return writes over its line from the left."""
+    shown = []
+    for line in raw.replace("\r\n", "\n").split("\n"):
+        text = ""
+        for part in line.split("\r"):
+            text = part + text[len(part):]
+        shown.append(text.rstrip())
+    return shown
+
+
+def test_on_a_terminal_log_lines_stay_off_the_progress_bar(cifar_root, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))  # 40 x 100
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeper.train", *TINY, f"data.root={cifar_root}",
+         "trainer.log_every=1", "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, stdin=child, stdout=child, stderr=child)
+    os.close(child)
+    raw = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        raw += chunk
+    os.close(main)
+    assert proc.wait(timeout=120) == 0
+    shown = _screen(raw.decode(errors="replace"))
+    assert "it/s" in raw.decode(errors="replace")  # the bar was drawn
+    losses = [line for line in shown if "] loss: " in line]
+    assert losses and all(line.startswith("[1, ") for line in losses), losses
+
+
 def test_relative_data_root_is_taken_from_the_launch_directory(cifar_root, tmp_path):
     (tmp_path / "data").symlink_to(cifar_root)
     proc = run_cli(*TINY, "data.root=data", "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run",
