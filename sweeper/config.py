@@ -155,13 +155,18 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
                 if not str(entry).startswith("file://"):
                     return  # a package on the search path: leave the options to Hydra
                 dirs.append(Path(str(entry)[len("file://"):]))
+    schema = None  # the typed config, built for the first plain key=value override
     for override in parsed:
         group = override.key_or_group
         folders = [d / group for d in dirs if (d / group).is_dir()]
         if override.is_delete() or group.startswith("hydra"):
             continue
         if not folders:
-            _check_key(override)
+            if schema is None:
+                from omegaconf import OmegaConf
+
+                schema = OmegaConf.structured(Config)
+            _check_key(override, schema)
             continue
         try:
             values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
@@ -176,21 +181,25 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
 
 
 _TYPE_NAMES = {int: "an int", float: "a float", bool: "true or false", str: "a string"}
+_PLURALS = {int: "ints", float: "floats", bool: "booleans", str: "strings"}
 
 
-def _expected(node: Any) -> str:
-    """What a schema field holds, in words: 'an int', 'a list of ints', '... or null'."""
-    meta = node._metadata
+def _expected(parent: Any, name: str) -> str:
+    """What field `name` of schema node `parent` holds, in words: 'an int', 'a list of ints'..."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_list(parent):  # an item of a list
+        return _TYPE_NAMES.get(parent._metadata.element_type, "a value of another type")
+    meta = parent._get_node(name)._metadata
     element = getattr(meta, "element_type", None)
     if element is not None and getattr(meta.ref_type, "__origin__", None) in (list, tuple):
-        words = f"a list of {_TYPE_NAMES.get(element, 'values')[2:].lstrip()}s"
-        words = words.replace("true or falses", "booleans")
+        words = f"a list of {_PLURALS.get(element, 'values')}"
     else:
         words = _TYPE_NAMES.get(meta.ref_type, "a value of another type")
     return words + (" or null" if meta.optional else "")
 
 
-def _check_key(override: Any) -> None:
+def _check_key(override: Any, schema: Any) -> None:
     """A plain `key=value` override: the key must exist in the schema and the value fit its type
     (Hydra says both over five lines and exits with 1; this is one line and exit status 2)."""
     import difflib
@@ -202,7 +211,6 @@ def _check_key(override: Any) -> None:
     key = override.key_or_group
     if override.is_add() or override.is_force_add() or override.package is not None:
         return  # `+key=value` adds a key on purpose; Hydra checks it
-    schema = OmegaConf.structured(Config)
     try:
         absent = OmegaConf.select(schema, key, default=_ABSENT) is _ABSENT
     except OmegaConfBaseException:  # a list indexed by a name: model.blocks.x
@@ -222,28 +230,23 @@ def _check_key(override: Any) -> None:
         where = parent_key or "the config"
         raise ConfigError(f"{key} is not a config key{hint}: {where} has {', '.join(keys)}")
     try:
-        if override.is_sweep_override():
-            values = list(override.sweep_iterator())
-        else:
-            values = [override.value()]
+        sweep = override.is_sweep_override()
+        values = list(override.sweep_iterator()) if sweep else [override.value()]
     except (HydraException, TypeError, ValueError):
         return  # an interval, a tagged or a glob sweep: the sweeper checks its bounds
-    parent_key, _, name = key.rpartition(".")
     for value in values:
         if isinstance(value, str) and "${" in value:
             continue  # an interpolation: resolved when the config is composed
         try:
             OmegaConf.update(schema.copy(), key, value, merge=False)
         except OmegaConfBaseException:
+            parent_key, _, name = key.rpartition(".")
             parent = OmegaConf.select(schema, parent_key) if parent_key else schema
-            node = parent._get_node(int(name) if OmegaConf.is_list(parent) else name)
-            shown = "null" if value is None else override.get_value_element_as_str() \
-                if not override.is_sweep_override() else value
-            if OmegaConf.is_list(parent):
-                expected = _TYPE_NAMES.get(parent._metadata.element_type, "a value of another type")
-            else:
-                expected = _expected(node)
-            raise ConfigError(f"{key}={shown} is invalid: {expected}") from None
+            shown = "null" if value is None else value if sweep else \
+                override.get_value_element_as_str()
+            raise ConfigError(f"{key}={shown} is invalid: "
+                              f"{_expected(parent, int(name) if OmegaConf.is_list(parent) else name)}"
+                              ) from None
 
 
 _ABSENT = object()

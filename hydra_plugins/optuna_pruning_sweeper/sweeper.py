@@ -172,7 +172,7 @@ class OptunaPruningSweeper(Sweeper):
         of failed trials. Jobs of a cluster launcher check their device and data where they run."""
         from sweeper.engine import preflight
 
-        cfg = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])
+        cfg = job_cfg.copy()
         cfg.data.root = str(Path(str(cfg.data.root)).absolute())
         launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_"))
         local = launcher.endswith(("BasicLauncher", "LocalLauncher"))  # jobs run on this machine
@@ -206,9 +206,10 @@ class OptunaPruningSweeper(Sweeper):
     def _sweep(self, arguments: list[str]) -> None:
         self._check_settings()
         space, fixed_lines, job_cfg, lines = self._search_space(arguments)
-        self._preflight(job_cfg)
+        shared = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])  # no hydra
+        self._preflight(shared)
         study = self._open_study(space, lines)
-        self._check_recipe(study, job_cfg, space)
+        self._check_recipe(study, shared, space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         worker = os.environ.get("SWEEPER_WORKER") is not None
@@ -348,7 +349,7 @@ def _recipe(job_cfg: DictConfig, space: dict) -> dict[str, str]:
     out: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
-        if prefix in space or prefix.lstrip("+") in space or prefix in _NOT_RECIPE:
+        if prefix in space or f"+{prefix}" in space or prefix in _NOT_RECIPE:
             return
         if isinstance(node, dict):
             for key, value in node.items():
@@ -356,8 +357,8 @@ def _recipe(job_cfg: DictConfig, space: dict) -> dict[str, str]:
         else:
             out[prefix] = str(node)
 
-    walk({k: OmegaConf.to_container(job_cfg[k], resolve=True) if OmegaConf.is_config(job_cfg[k])
-          else job_cfg[k] for k in job_cfg if k not in _NOT_RECIPE}, "")
+    kept = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k not in _NOT_RECIPE])
+    walk(OmegaConf.to_container(kept, resolve=True), "")  # tracking may name hydra: not resolved
     return out
 
 
