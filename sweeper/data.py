@@ -124,9 +124,16 @@ def split(data: Cifar10, val_size: int, train_size: int | None, test_size: int |
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:val_size], order[val_size:]
     if train_size is not None:
+        if train_size > len(train_idx):
+            log.warning("data.train_size=%d is more than the %d training images left after "
+                        "data.val_size=%d: training on all %d", train_size, len(train_idx), val_size,
+                        len(train_idx))
         train_idx = train_idx[:train_size]
     test = Split(data.test_x, data.test_y)
     if test_size is not None:
+        if test_size > len(test):
+            log.warning("data.test_size=%d is more than the %d test images: testing on all %d",
+                        test_size, len(test), len(test))
         test = Split(test.x[:test_size], test.y[:test_size])
     return (Split(data.train_x[train_idx], data.train_y[train_idx]),
             Split(data.train_x[val_idx], data.train_y[val_idx]), test)

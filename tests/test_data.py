@@ -36,6 +36,20 @@ def test_split_is_disjoint_deterministic_and_capped(cifar_root):
     assert (len(small_train), len(small_test)) == (20, 30) and torch.equal(small_val.x, val.x)
 
 
+def test_a_cap_above_the_images_there_are_is_said_not_silently_ignored(cifar_root, caplog):
+    data = load_cifar10(str(cifar_root))
+    train, _, test = split(data, 50, train_size=1000, test_size=30, seed=0)
+    assert len(train) == 250 and len(test) == 30
+    assert [r.getMessage() for r in caplog.records] == [
+        "data.train_size=1000 is more than the 250 training images left after data.val_size=50: "
+        "training on all 250"]
+    caplog.clear()
+    split(data, 50, train_size=250, test_size=TEST_IMAGES + 1, seed=0)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data.test_size={TEST_IMAGES + 1} is more than the {TEST_IMAGES} test images: "
+        f"testing on all {TEST_IMAGES}"]
+
+
 def test_a_validation_split_as_large_as_the_training_set_is_refused(cifar_root):
     with pytest.raises(ConfigError, match="data.val_size=300"):
         split(load_cifar10(str(cifar_root)), 300, None, None, seed=0)
