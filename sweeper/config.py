@@ -20,6 +20,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+# MLflow's tracking stores: SQLAlchemy databases (dialect[+driver]://) and tracking servers
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
 
 @dataclass
@@ -321,3 +323,10 @@ def validate(cfg: Any) -> None:
              tr.label_smoothing)
     _require(0 <= tr.ema < 1, "trainer.ema", "a decay in [0, 1) (0 = off), e.g. 0.99", tr.ema)
     _require(tr.log_every >= 0, "trainer.log_every", "an int >= 0 (0 = never)", tr.log_every)
+
+    uri = str(cfg.tracking.uri)
+    scheme, sep, _ = uri.partition("://")  # shown without the rest: it may hold a password
+    _require(not cfg.tracking.enabled or scheme.partition("+")[0] in TRACKING_SCHEMES,
+             "tracking.uri", "sqlite:///file.db, postgresql://..., mysql://..., mssql://..., "
+             "http(s)://host:port of an MLflow server, or databricks (MLflow 3 keeps runs in a "
+             "database, not in folders)", f"{scheme}://..." if sep else uri)

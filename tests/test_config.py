@@ -99,6 +99,9 @@ def test_an_unknown_group_option_fails_naming_the_options():
     ("data.val_size=0", "data.val_size"),
     ("data.train_size=0", "data.train_size"),
     ("augment.crop=44", "augment.crop"),
+    ("tracking.uri=bogus://x", "tracking.uri"),
+    ("tracking.uri=file:///tmp/mlruns", "tracking.uri"),
+    ("tracking.uri=mlruns", "tracking.uri"),
 ])
 def test_validate_names_the_field_and_what_is_allowed(override, field):
     cfg = compose_cfg([override])
@@ -106,7 +109,19 @@ def test_validate_names_the_field_and_what_is_allowed(override, field):
         validate(cfg)
     message = str(err.value)
     assert message.startswith(f"{field}=") and "\n" not in message
-    assert any(word in message for word in ("allowed", "a ", "an ", "fraction", "0 (off)", "10 (the"))
+    assert any(word in message for word in ("allowed", "a ", "an ", "fraction", "0 (off)", "10 (the",
+                                            "sqlite:///"))
+
+
+def test_a_tracking_uri_mlflow_cannot_store_runs_in_is_refused_without_showing_its_password():
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(["tracking.uri=postgres://me:secret@127.0.0.1/test"]))
+    assert str(err.value).startswith("tracking.uri='postgres://...' is invalid: sqlite:///file.db")
+    assert "secret" not in str(err.value)
+    for uri in ("sqlite:///a.db", "postgresql+psycopg://me:s@127.0.0.1/test", "http://127.0.0.1:5000",
+                "https://mlflow.example"):
+        validate(compose_cfg([f"tracking.uri={uri}"]))
+    validate(compose_cfg(["tracking=off", "tracking.uri=mlruns"]))  # not used: not checked
 
 
 def test_validate_lists_the_allowed_names():
