@@ -211,16 +211,21 @@ def _check_key(override: Any, schema: Any) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     key = override.key_or_group
-    if override.is_add() or override.is_force_add() or override.package is not None:
-        return  # `+key=value` adds a key on purpose; Hydra checks it
+    if override.package is not None:
+        return
+    added = override.is_add() or override.is_force_add()
     try:
         absent = OmegaConf.select(schema, key, default=_ABSENT) is _ABSENT
     except OmegaConfBaseException:  # a list indexed by a name: model.blocks.x
         absent = True
+    if added and not absent:
+        return  # `+key` over an existing key: Hydra says so
     if absent:
         parent_key, _, name = key.rpartition(".")
         while parent_key and not OmegaConf.is_config(OmegaConf.select(schema, parent_key)):
             parent_key, _, name = parent_key.rpartition(".")
+        if added and not parent_key:
+            return  # `+note=baseline`: a new top-level key, recorded with the run's params
         parent = OmegaConf.select(schema, parent_key) if parent_key else schema
         if OmegaConf.is_list(parent):
             raise ConfigError(f"{key} is not a config key: {parent_key} has {len(parent)} items by "

@@ -16,11 +16,17 @@ from hydra.experimental.callback import Callback
 from sweeper.errors import SweeperError
 
 
-def writable_dir(path: Path, key: str = "hydra.run.dir") -> Path:
-    """`path`, created if need be, once a file could be written in it; else SweeperError."""
+def writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = True) -> Path:
+    """`path`, created if need be, once a file could be written in it; else SweeperError.
+    With create=False the folder that would hold it (its nearest existing ancestor) is tried
+    instead, and nothing is created."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        probe = path.absolute()
+        while not create and not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-test-"):
             pass  # a name of its own: workers starting together do not trip over each other
     except OSError as e:
         raise SweeperError(f"the output directory {path} is not writable ({e.strerror or e}); "
@@ -38,7 +44,7 @@ class OutputDirCheck(Callback):
 
 def _check(path: str, key: str) -> None:
     try:
-        writable_dir(Path(path), key)
+        writable_dir(Path(path), key, create=False)  # a sweep refused later leaves no folder
     except SweeperError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

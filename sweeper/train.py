@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> float:
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, `kill`, batch schedulers: as Ctrl-C
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    _mask_hydra_files(out_dir, hydra_cfg, multirun)
     try:
         if hydra_cfg.runtime.choices.get("sweep") and not multirun:
             raise ConfigError(f"sweep={hydra_cfg.runtime.choices['sweep']} needs --multirun: "
@@ -46,16 +47,17 @@ def main(cfg: DictConfig) -> float:
         if cfg.trial.number is not None:
             cfg.trainer.checkpoint = False  # a killed trial is not resumed: a new one replaces it
         preflight(cfg, out_dir)  # a refused run writes no config.yaml and opens no MLflow run
-        (out_dir / "config.yaml").write_text(redact_yaml(cfg))
         tags = {"hydra_overrides": redact(" ".join(hydra_cfg.overrides.task))}
         on_epoch = None
         if cfg.trial.number is not None:  # a sweep's trial: report each epoch, maybe be pruned
             from sweeper.trial import trial_reporter
 
             tags["trial"] = str(cfg.trial.number)
-            on_epoch = trial_reporter(cfg.trial.number, cfg.trial.study, hydra_cfg.sweeper)
+            on_epoch = trial_reporter(cfg.trial.number, cfg.trial.study, hydra_cfg.sweeper,
+                                      last_epoch=cfg.trainer.epochs)
         with open_tracker(cfg, run_name=cfg.tracking.run_name,
                           parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
+            (out_dir / "config.yaml").write_text(redact_yaml(cfg))  # once the store has opened
             result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
             tracker.log_result(result, out_dir)
     except SweeperError as e:
@@ -97,6 +99,22 @@ def cli() -> None:
 def redact_yaml(cfg: DictConfig) -> str:
     """The composed config as YAML, resolved, with any password in a URL masked."""
     return redact(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _mask_hydra_files(out_dir: Path, hydra_cfg: DictConfig, multirun: bool) -> None:
+    """Hydra's own snapshots (.hydra/*.yaml, a sweep's multirun.yaml) keep the overrides as typed:
+    mask any password in a URL there too."""
+    files = list((out_dir / hydra_cfg.output_subdir).glob("*.yaml")) if hydra_cfg.output_subdir \
+        else []
+    if multirun:
+        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    for path in files:
+        try:
+            text = path.read_text()
+            if redact(text) != text:
+                path.write_text(redact(text))
+        except OSError:
+            pass  # not there, or not ours to change: nothing to mask
 
 
 def _interrupt(signum, frame):

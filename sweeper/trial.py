@@ -55,8 +55,12 @@ def storage(url: str, **kwargs):
                                       **kwargs)
 
 
-def trial_reporter(number: int, study_name: str, sweeper_cfg: Any, metric: str = "val/acc"):
-    """An `on_epoch(epoch, metrics)` callback that reports `metric` and raises Pruned when told."""
+def trial_reporter(number: int, study_name: str, sweeper_cfg: Any, metric: str = "val/acc",
+                   last_epoch: int | None = None):
+    """An `on_epoch(epoch, metrics)` callback that reports `metric` and raises Pruned when told.
+
+    After `last_epoch` the trial has finished training: pruning it then would save nothing and
+    throw its result away, so it is reported but never pruned."""
     study = optuna.load_study(study_name=study_name, storage=storage(sweeper_cfg.storage),
                               pruner=build_pruner(sweeper_cfg.pruner))
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
@@ -66,7 +70,7 @@ def trial_reporter(number: int, study_name: str, sweeper_cfg: Any, metric: str =
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         trial.report(metrics[metric], step=epoch)
-        if trial.should_prune():
+        if (last_epoch is None or epoch < last_epoch) and trial.should_prune():
             raise Pruned(f"pruned after epoch {epoch} with {metric}={metrics[metric]:.4f}")
 
     return on_epoch

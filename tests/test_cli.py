@@ -110,6 +110,8 @@ BAD_INPUTS = {
     "unknown group option": (["model=resnet99"], "model=resnet99 is invalid: allowed values are "
                              "preact18, preact34, tiny", 2),
     "read-only output dir": ([], "is not writable", 1),
+    "unreachable tracking server": (["tracking=mlflow", "tracking.uri=http://u:s3cret@127.0.0.1:1"],
+                                    "tracking.uri=http://u:***@127.0.0.1:1 is unreachable", 1),
     "corrupted checkpoint": (["trainer.resume=true"], "checkpoint.pt is corrupted or truncated", 1),
 }
 
@@ -165,6 +167,8 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(bad_runs, name):
         assert (run_dir / "config.yaml").read_text() == "# the run that wrote the checkpoint\n"
     elif name != "diverged" and name != "read-only output dir":
         assert not (run_dir / "config.yaml").exists()  # refused before anything is written
+    if name == "unreachable tracking server":  # Hydra's own snapshots in .hydra/ are masked too
+        assert not any("s3cret" in f.read_text() for f in run_dir.rglob("*") if f.is_file())
     if name == "diverged":
         assert json.loads(results.read_text())["status"] == "diverged"
     else:

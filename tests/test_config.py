@@ -153,6 +153,7 @@ def test_a_typo_inside_a_preset_file_fails_at_compose_time(tmp_path):
     ("trainer.epochs=null", "trainer.epochs=null is invalid: an int"),
     ("model.blocks=[2,2,2,2.5]", "model.blocks=[2,2,2,2.5] is invalid: a list of ints"),
     ("model.blocks.0=x", "model.blocks.0=x is invalid: an int"),
+    ("+trainer.epoch=5", "trainer.epoch is not a config key (did you mean trainer.epochs?)"),
     ("trainer.tta=maybe", "trainer.tta=maybe is invalid: true or false"),
     ("model.width=4,abc", "model.width=abc is invalid: an int"),
 ])

@@ -80,25 +80,28 @@ def test_the_pruner_prunes_hopeless_trials(cifar_root, tmp_path):
 
 def test_a_raising_and_a_diverging_trial_are_recorded_and_the_sweep_goes_on(cifar_root, tmp_path):
     proc = sweep(sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
-                            "model.width=choice(4,0)", "optimizer.lr=choice(0.05,1e12)",
+                            "data.val_size=choice(50,1000000)", "optimizer.lr=choice(0.05,1e12)",
                             "hydra.sweeper.pruner.name=none", "hydra.sweeper.max_failure_rate=0.5",
                             n_trials=4), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    by_params = {(t.params["model.width"], t.params["optimizer.lr"]): t for t in study_of(tmp_path).trials}
-    assert by_params[(4, 0.05)].state == TrialState.COMPLETE
-    diverged = by_params[(4, 1e12)]
+    by_params = {(t.params["data.val_size"], t.params["optimizer.lr"]): t
+                 for t in study_of(tmp_path).trials}
+    assert by_params[(50, 0.05)].state == TrialState.COMPLETE
+    diverged = by_params[(50, 1e12)]
     assert diverged.state == TrialState.PRUNED and diverged.user_attrs["reason"].startswith("diverged")
     for lr in (0.05, 1e12):
-        failed = by_params[(0, lr)]
-        assert failed.state == TrialState.FAIL and "model.width=0" in failed.user_attrs["reason"]
+        failed = by_params[(1000000, lr)]
+        assert failed.state == TrialState.FAIL and "data.val_size=1000000" in failed.user_attrs["reason"]
 
 
 def test_too_many_failures_stop_the_sweep_with_one_line(cifar_root, tmp_path):
-    proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=choice(0)",
-                            "hydra.sweeper.max_failure_rate=0.0"), tmp_path)
+    # 50 passes the checks made before the first trial; 1000000 fails in its trial
+    proc = sweep(sweep_args(cifar_root, tmp_path, "data.val_size=choice(50,1000000)",
+                            "hydra.sweeper.max_failure_rate=0.0", n_trials=6), tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 trials failed in this run")
-    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL]
+    states = [t.state for t in study_of(tmp_path).trials]
+    assert states[-1] == TrialState.FAIL and TrialState.FAIL not in states[:-1]  # stopped at once
 
 
 def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_path):
@@ -121,6 +124,17 @@ def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_pa
     ("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials=0 is invalid: an int >= 1", 2),
     ("hydra.sweeper.n_jobs=0", "error: hydra.sweeper.n_jobs=0 is invalid: an int >= 1", 2),
     ("hydra.sweeper.max_failure_rate=2", "error: hydra.sweeper.max_failure_rate=2", 2),
+    ("hydra.sweeper.pruner.name=foo", "error: hydra.sweeper.pruner.name=foo is invalid: allowed "
+     "values are none, median, successive_halving, hyperband", 2),
+    ("hydra.sweeper.pruner.n_warmup_steps=-1", "error: hydra.sweeper.pruner.n_warmup_steps=-1", 2),
+    ("hydra.sweeper.objectives=[val/acc,nope]", "error: hydra.sweeper.objectives=[val/acc,nope] "
+     "is invalid: keys of results.json", 2),
+    ("hydra.sweeper.direction=up", "error: hydra.sweeper.direction=up is invalid", 2),
+    ("model.blocks.0=range(0,3)", "error: model.blocks.0=range(0,3) can propose 0: "
+     "model.blocks=[0, 1, 1, 1] is invalid", 2),
+    ("optimizer.lr=interval(-0.5,0.1)", "error: optimizer.lr=interval(-0.5,0.1) can propose -0.5", 2),
+    ("hydra/sweeper/sampler=grid", "error: optimizer.lr=tag(log, interval(0.01, 1.0)) is continuous", 2),
+    ("model.blocks=[1,1,1]", "error: model.blocks=[1, 1, 1] is invalid: a list of 4", 2),
 ])
 def test_a_bad_shared_setting_is_refused_before_any_trial(cifar_root, tmp_path, override, message,
                                                           code):
@@ -131,14 +145,14 @@ def test_a_bad_shared_setting_is_refused_before_any_trial(cifar_root, tmp_path, 
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[-1]]
     assert proc.stderr.strip().startswith(message), proc.stderr
     assert not (tmp_path / "optuna.db").exists()  # no study, no trial
-    assert not (tmp_path / "multirun" / "0").exists()
+    assert not (tmp_path / "multirun").exists()  # not even an empty sweep folder
 
 
 def test_a_study_refuses_a_run_with_other_shared_settings(cifar_root, tmp_path):
     first = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=1), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     again = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=2", n_trials=2), tmp_path)
-    assert again.returncode == 1 and "Traceback" not in again.stdout + again.stderr
+    assert again.returncode == 2 and "Traceback" not in again.stdout + again.stderr
     assert again.stderr.strip().splitlines()[-1] == (
         "error: study 'smoke' was run with trainer.epochs=1; this command has trainer.epochs=2: "
         "run it with the study's settings, or start a new study with "
@@ -171,7 +185,7 @@ def test_ctrl_c_fails_the_running_trial_and_says_how_to_resume(cifar_root, tmp_p
 
 
 def test_a_sweep_where_every_trial_fails_ends_with_one_line(cifar_root, tmp_path):
-    proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=choice(0)",
+    proc = sweep(sweep_args(cifar_root, tmp_path, "data.val_size=choice(1000000)",
                             "hydra.sweeper.max_failure_rate=1.0", n_trials=2), tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -461,3 +475,33 @@ def test_launcher_slurm_composes_to_submitit():
         cfg = compose(config_name="config", overrides=["launcher=slurm"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 120
+
+
+def test_a_derived_study_name_names_the_sweep_folder(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.study_name=null",
+                            "hydra.sweep.dir=multirun/${hydra.sweeper.study_name}",
+                            "hydra.sweeper.pruner.name=none", "trainer.epochs=1", n_trials=1), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [name] = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
+    assert name.startswith("sweep-") and (tmp_path / "multirun" / name / "0" / "results.json").is_file()
+    assert not (tmp_path / "multirun" / "None").exists()
+
+
+def test_a_trial_that_finished_its_epochs_is_not_pruned(tmp_path):
+    from omegaconf import OmegaConf
+
+    from sweeper.trial import Pruned, trial_reporter
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    for value in (0.9, 0.8):  # two good trials: the median pruner then stops a worse one
+        trial = study.ask()
+        trial.report(value, step=1)
+        trial.report(value, step=2)
+        study.tell(trial, value)
+    number = study.ask().number
+    cfg = OmegaConf.create({"storage": url, "pruner": {"name": "median", "n_startup_trials": 0,
+                                                       "n_warmup_steps": 0}})
+    with pytest.raises(Pruned):  # epoch 1 of 2: worse than the median, stopped
+        trial_reporter(number, "s", cfg, last_epoch=2)(1, {"val/acc": 0.1})
+    trial_reporter(number, "s", cfg, last_epoch=1)(1, {"val/acc": 0.1})  # its last: kept

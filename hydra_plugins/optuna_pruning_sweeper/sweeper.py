@@ -31,13 +31,14 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 import hydra_plugins.optuna_pruning_sweeper.config  # noqa: F401  (registers hydra/sweeper)
 from sweeper import sweep_report
 from sweeper.config import absolute_sqlite_url
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.tracking import redact
+from sweeper.trial import PRUNERS
 from sweeper.trial import storage as trial_storage
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,45 @@ class OptunaPruningSweeper(Sweeper):
                              "e.g. optimizer.lr=tag(log,interval(0.01,1))")
         fixed_lines = [f"{k}={v}" for k, v in fixed.items()] + fixed_overrides
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed_lines)
-        for name in space:
-            if not name.startswith("+") and OmegaConf.select(job_cfg, name, default=_MISSING) is _MISSING:
-                raise SweepError(f"hydra.sweeper.params key '{name}' does not exist in the config")
         return space, fixed_lines, job_cfg, lines
+
+    def _check_space(self, space: dict, shared: DictConfig, lines: list[str]) -> None:
+        """Every searched key exists, and every value the space can propose at its ends (each
+        choice, the low and high ends of a range or interval) passes the config's checks, so a
+        sweep does not fill its study with trials that fail at once."""
+        from sweeper.config import validate
+
+        given = {line.split("=", 1)[0]: line for line in lines}
+        for name, dist in space.items():
+            key = name.lstrip("+")
+            if not name.startswith("+") and OmegaConf.select(shared, key, default=_MISSING) is _MISSING:
+                raise ConfigError(f"hydra.sweeper.params key '{name}' does not exist in the config")
+            if self._is_grid() and not isinstance(dist, optuna.distributions.CategoricalDistribution) \
+                    and not (isinstance(dist, optuna.distributions.IntDistribution) or dist.step):
+                raise ConfigError(f"{given.get(name, name)} is continuous: the grid sampler needs "
+                                  f"choice(...) or range(...) values")
+            if name.startswith("+"):
+                continue
+            for value in _ends(dist):
+                cfg = shared.copy()
+                try:
+                    OmegaConf.update(cfg, key, value, merge=False)
+                    validate(cfg)
+                except ConfigError as e:
+                    raise ConfigError(f"{given.get(name, name)} can propose {value}: {e}") from None
+                except Exception as e:  # the schema refuses the value's type
+                    raise ConfigError(f"{given.get(name, name)} can propose {value}, which "
+                                      f"{key} cannot hold ({str(e).splitlines()[0]})") from None
+
+    def _is_grid(self) -> bool:
+        return "GridSampler" in str(self.sampler_cfg.get("_target_"))
 
     def _open_study(self, space: dict, lines: list[str]) -> optuna.Study:
         if self.study_name is None:  # same search space, same study: a re-run resumes it
             digest = hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()[:8]
             self.study_name = f"sweep-{digest}"
+            with read_write(self.config.hydra.sweeper):  # multirun/${...study_name} too
+                self.config.hydra.sweeper.study_name = self.study_name
         self.storage = absolute_sqlite_url(self.storage)
         try:
             storage = trial_storage(self.storage) if self.storage else None
@@ -129,7 +160,7 @@ class OptunaPruningSweeper(Sweeper):
                              f"{str(e).splitlines()[0]}") from None
         wanted = [optuna.study.StudyDirection[d.upper()] for d in self.directions]
         if list(study.directions) != wanted:
-            raise SweepError(f"study '{self.study_name}' exists with direction "
+            raise ConfigError(f"study '{self.study_name}' exists with direction "
                              f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
                              f"set another hydra.sweeper.study_name")
         study.sampler = self._sampler(len(study.trials), space)
@@ -190,25 +221,51 @@ class OptunaPruningSweeper(Sweeper):
         if differ:
             then = ", ".join(f"{k}={stored.get(k)}" for k in differ[:3])
             now = ", ".join(f"{k}={recipe.get(k)}" for k in differ[:3])
-            raise SweepError(f"study '{self.study_name}' was run with {then}; this command has "
+            raise ConfigError(f"study '{self.study_name}' was run with {then}; this command has "
                              f"{now}: run it with the study's settings, or start a new study with "
                              f"hydra.sweeper.study_name=<another name>")
 
     def _check_settings(self) -> None:
-        for key, ok, allowed in (
-                ("n_trials", self.n_trials >= 1, "an int >= 1"),
-                ("n_jobs", self.n_jobs >= 1, "an int >= 1"),
-                ("max_failure_rate", 0 <= self.max_failure_rate <= 1, "a fraction in [0, 1]"),
-                ("heartbeat_s", self.heartbeat_s >= 0, "an int >= 0 (0 = off)")):
+        pruner = self.pruner_cfg
+        for key, value, ok, allowed in (
+                ("n_trials", self.n_trials, self.n_trials >= 1, "an int >= 1"),
+                ("n_jobs", self.n_jobs, self.n_jobs >= 1, "an int >= 1"),
+                ("max_failure_rate", self.max_failure_rate, 0 <= self.max_failure_rate <= 1,
+                 "a fraction in [0, 1]"),
+                ("heartbeat_s", self.heartbeat_s, self.heartbeat_s >= 0, "an int >= 0 (0 = off)"),
+                ("direction", self.directions if len(self.directions) > 1 else self.directions[0],
+                 all(str(d).lower() in ("maximize", "minimize") for d in self.directions),
+                 "maximize or minimize, or a list of them, one per objective"),
+                ("objectives", self.objectives, all(o in OBJECTIVES for o in self.objectives),
+                 "keys of results.json: " + ", ".join(OBJECTIVES)),
+                ("objectives", self.objectives, len(self.objectives) == len(self.directions),
+                 f"one per direction ({len(self.directions)}: {self.directions})"),
+                ("pruner.name", pruner.name, pruner.name in PRUNERS,
+                 "allowed values are " + ", ".join(PRUNERS)),
+                ("pruner.n_startup_trials", pruner.n_startup_trials, pruner.n_startup_trials >= 0,
+                 "an int >= 0"),
+                ("pruner.n_warmup_steps", pruner.n_warmup_steps, pruner.n_warmup_steps >= 0,
+                 "an int >= 0 (epochs)"),
+                ("pruner.min_resource", pruner.min_resource, pruner.min_resource >= 1,
+                 "an int >= 1 (epochs)"),
+                ("pruner.max_resource", pruner.max_resource,
+                 pruner.max_resource >= pruner.min_resource, "an int >= pruner.min_resource"),
+                ("pruner.reduction_factor", pruner.reduction_factor, pruner.reduction_factor >= 2,
+                 "an int >= 2")):
             if not ok:
-                raise ConfigError(f"hydra.sweeper.{key}={getattr(self, key)} is invalid: {allowed}")
+                shown = f"[{','.join(value)}]" if isinstance(value, list) else value
+                raise ConfigError(f"hydra.sweeper.{key}={shown} is invalid: {allowed}")
 
     def _sweep(self, arguments: list[str]) -> None:
         self._check_settings()
         space, fixed_lines, job_cfg, lines = self._search_space(arguments)
         shared = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])  # no hydra
-        self._preflight(shared)
+        self._preflight(_proposable(shared, space))
+        self._check_space(space, shared, lines)
+        named = self.study_name is not None
         study = self._open_study(space, lines)
+        if not named:  # each job's hydra.sweeper must match the sweep's, derived name included
+            fixed_lines.append(f"hydra.sweeper.study_name={self.study_name}")
         self._check_recipe(study, shared, space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -336,6 +393,8 @@ class OptunaPruningSweeper(Sweeper):
 
 
 _MISSING = object()
+# Numbers in a trial's results.json that a sweep may optimize (sweeper.engine.Result).
+OBJECTIVES = ("val/acc", "test/acc", "n_params", "train_time_s", "images_per_s", "startup_s")
 # Settings that change how a trial runs or is recorded, not what it measures: a study's recipe
 # leaves them out, so a resumed sweep may change them.
 _NOT_RECIPE = ("hydra", "tracking", "trial", "data.root", "data.download", "trainer.device",
@@ -435,6 +494,24 @@ def _count_failures(study: optuna.Study) -> int:
     whose worker died (failed by heartbeat, so without a reason) do not count."""
     return sum(t.user_attrs.get("reason", "lost") not in ("killed", "interrupted", "lost")
                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+
+def _ends(dist) -> tuple:
+    """The values a distribution can propose at its ends: each choice, or the low and high ends."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return tuple(dist.choices)
+    return dist.low, dist.high
+
+
+def _proposable(shared: DictConfig, space: dict) -> DictConfig:
+    """`shared` with each searched key set to a value its range can propose: the checks made once
+    for every trial then see a configuration a trial can have, not the preset's own value."""
+    cfg = shared.copy()
+    for name, dist in space.items():
+        if not name.startswith("+"):
+            with contextlib.suppress(Exception):  # an absent key or a wrong type: said later
+                OmegaConf.update(cfg, name, _ends(dist)[0], merge=False)
+    return cfg
 
 
 def _tell(study: optuna.Study, trial, values=None, state=None) -> None:
