@@ -2,7 +2,7 @@
 # GPU check: the benchmark and the `fast` preset on real CIFAR-10, on a lent GPU machine, in one go.
 #
 #   here:   benchmarks/gpu_check.sh prepare   # stages .devdata/1..3 and .whl/ (both git-ignored)
-#   there:  three device calls back to back while the machine stays warm (README, "GPU check"):
+#   there:  three device calls back to back while the machine stays warm (README, "On a GPU"):
 #             1) carry .devdata/1              command: ls .devdata
 #             2) carry .devdata/2              command: ls .devdata
 #             3) carry .devdata/3 and .whl     command: benchmarks/gpu_check.sh run

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from sweeper.data import load_cifar10, split
 from sweeper.engine import autocast_dtype, describe, resolve_device, train
-from sweeper.errors import SweeperError
+from sweeper.errors import DataError, SweeperError
 from sweeper.model import PreActResNet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -425,6 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.variants = ["sweeper", "sweeper-compile"] if cpu else ["sweeper"]
     if min(args.widths) < 1 or args.batch_size < 1 or args.reps < 1 or min(args.blocks) < 1:
         p.error("--widths, --blocks, --batch-size and --reps must be positive")
+    if args.images < 0:
+        p.error("--images must be positive (0: 65536 / width)")
     return args
 
 
@@ -433,7 +435,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         report = run(args)
     except SweeperError as e:
-        print(f"error: {e}", file=sys.stderr)
+        message = str(e)
+        if isinstance(e, DataError):  # the trainer's advice, in the bench's own terms
+            message = message.split("; point data.root")[0] + \
+                "; point --data-root (or $CIFAR10_ROOT) at the folder holding cifar-10-batches-py/"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(e.exit_code)
     out = args.out or ROOT / "benchmarks" / (
         f"{report['device'].split()[0]}-{datetime.now():%Y%m%d-%H%M%S}.json")

@@ -48,6 +48,13 @@ def test_bench_bad_data_root_is_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: CIFAR-10 not found") and proc.stderr.count("\n") == 1
+    assert "--data-root" in proc.stderr and "data.root" not in proc.stderr  # the bench's own flag
+
+
+def test_bench_refuses_a_negative_image_count():
+    proc = subprocess.run([sys.executable, "-m", "sweeper.bench", "--images", "-5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--images must be positive" in proc.stderr
 
 
 def test_bench_survives_a_failing_profiler(cifar_root, monkeypatch):
