@@ -37,9 +37,13 @@ def outcome(ret: Any, objectives: list[str]) -> tuple[TrialState, list[float] | 
     return TrialState.FAIL, None, f"results.json says status {status}"
 
 
+PARENT_ATTR = "mlflow_parent"  # study user attr: {tracking store: the study's parent run id}
+
+
 def parent_run(job_cfg: Any, study: optuna.Study, sweeper: Any, space: dict,
                resume_id: str | None = None):
-    """The sweep's MLflow parent run (found again by study name on resume), or None."""
+    """The sweep's MLflow parent run, or None. The study records its parent per tracking store, so a
+    resumed study finds it again and another study of the same name does not."""
     if not job_cfg.tracking.enabled:
         return None
     settings = {f"space.{k}": str(d) for k, d in space.items()}
@@ -49,7 +53,12 @@ def parent_run(job_cfg: Any, study: optuna.Study, sweeper: Any, space: dict,
                      "sampler.settings": json.dumps(OmegaConf.to_container(sweeper.sampler_cfg)),
                      "pruner": json.dumps(OmegaConf.to_container(sweeper.pruner_cfg)),
                      "storage": tracking.redact(str(sweeper.storage))})
-    parent = tracking.open_sweep_run(job_cfg, sweeper.study_name, settings, run_id=resume_id)
+    store = tracking.store_key(job_cfg.tracking.uri)
+    known = dict(study.user_attrs.get(PARENT_ATTR) or {})
+    parent = tracking.open_sweep_run(job_cfg, sweeper.study_name, settings, run_id=resume_id,
+                                     known_id=known.get(store))
+    if resume_id is None and known.get(store) != parent.run_id:
+        study.set_user_attr(PARENT_ATTR, {**known, store: parent.run_id})
     parent.kill_orphans({t.number for t in study.get_trials(deepcopy=False,
                                                              states=(TrialState.RUNNING,))})
     return parent
@@ -83,7 +92,10 @@ def finish(study: optuna.Study, sweeper: Any, sweep_dir: Path, parent) -> None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         reasons = {t.user_attrs.get("reason", "?") for t in study.trials}
-        message = f"no trial of study '{study.study_name}' completed ({'; '.join(sorted(reasons))[:300]})"
+        message = (f"no trial of study '{study.study_name}' completed "
+                   f"({'; '.join(sorted(reasons))[:300]}); once the cause is fixed, raise "
+                   f"hydra.sweeper.n_trials to run more, or start afresh with "
+                   f"hydra.sweeper.study_name=<another name>")
         if parent is not None:
             parent.end("FAILED", message)
         from sweeper.errors import SweeperError

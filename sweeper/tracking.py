@@ -8,16 +8,23 @@ truthfully. The engine only calls `log_facts` and `log_metrics`.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import logging
+import os
 import re
+import socket
+import sqlite3
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from sweeper.config import absolute_sqlite_url
 from sweeper.data import CLASSES
 from sweeper.errors import SweeperError
 
@@ -25,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # default ports of database stores
 
 
 class TrackingError(SweeperError):
@@ -94,16 +102,67 @@ class NullTracker:
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, in one line, when an http(s) tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
+    """Fail in seconds, in one line, when the tracking store cannot answer: an http(s) server
+    without /health, a database server that refuses connections, a SQLite file that cannot be
+    opened (MLflow itself retries such stores for about 100 s, warning over many lines)."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
-            response.read()
+        parts = urllib.parse.urlsplit(uri)
+        scheme = parts.scheme.split("+")[0]
+        if scheme in ("http", "https"):
+            url, auth = _without_credentials(parts)
+            request = urllib.request.Request(url.rstrip("/") + "/health")
+            if auth:
+                request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                response.read()
+        elif scheme in DB_PORTS and parts.hostname:
+            socket.create_connection((parts.hostname, parts.port or DB_PORTS[scheme]),
+                                     timeout=timeout_s).close()
     except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingError(f"tracking.uri={redact(uri)} is unreachable ({reason}); start the MLflow "
+        reason = redact(str(getattr(e, "reason", e)))
+        raise TrackingError(f"tracking.uri={redact(uri)} is unreachable ({reason}); start the "
                             f"server, fix the URI, or run with tracking.enabled=false") from None
+    if db := sqlite_file(uri):
+        with _opening(uri):
+            db.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does
+            sqlite3.connect(db).close()
+
+
+def _without_credentials(parts: urllib.parse.SplitResult) -> tuple[str, str]:
+    """(URL without its `user:password@`, "user:password" for basic auth or ""), the credentials
+    taken as MLflow takes them: MLFLOW_TRACKING_USERNAME/PASSWORD first, else the URL's."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not (user and password) and parts.username is not None:
+        user, password = (urllib.parse.unquote(v or "") for v in (parts.username, parts.password))
+    url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return url, f"{user}:{password}" if user else ""
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The absolute path of a `sqlite:///` store's file; None for other stores and in-memory ones."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?")[0]
+    return Path(path).absolute() if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _opening(uri: str):
+    """Any failure to open the store or to create a run in it (a sqlalchemy, OS or driver error as
+    well as an MlflowException) becomes a one-line TrackingError, passwords masked."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        cause = redact(lines[0]) if lines else type(e).__name__
+        raise TrackingError(f"tracking.uri={redact(uri)} cannot be used: {cause}") from None
+
+
+def store_key(uri: str) -> str:
+    """The tracking store `uri` names, as a key without secrets: a relative SQLite path made absolute."""
+    return redact(absolute_sqlite_url(uri))
 
 
 class MlflowTracker:
@@ -118,22 +177,18 @@ class MlflowTracker:
     def __enter__(self) -> MlflowTracker:
         import mlflow  # noqa: F401  (imported here: tracking off costs nothing)
         from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
 
         check_reachable(self.uri)
-        try:
+        with _opening(self.uri):
             self.client = MlflowClient(tracking_uri=self.uri)
             experiment_id = experiment_id_for(self.client, self.experiment)
             tags = {"mlflow.source.git.commit": git_commit(), "mlflow.source.name": "sweeper.train",
                     "status": "running", **self.tags}
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
-            run = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags)
-        except MlflowException as e:
-            raise TrackingError(f"tracking.uri={redact(self.uri)} cannot be used: "
-                                f"{str(e).splitlines()[0]}") from None
-        self.run_id = run.info.run_id
-        self._log_params(flatten(self.cfg))
+            self.run_id = self.client.create_run(experiment_id, run_name=self.run_name,
+                                                 tags=tags).info.run_id
+            self._log_params(flatten(self.cfg))
         log.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, redact(self.uri))
         return self
 
@@ -203,14 +258,23 @@ def run_files(out_dir: Path, result) -> list[Path]:
 
 
 def experiment_id_for(client, name: str) -> str:
-    """Get or create the experiment `name` (two processes may race to create it)."""
+    """Get or create the experiment `name` (two processes may race to create it).
+
+    In a SQLite store, a new experiment keeps its artifacts beside the database file, in
+    `mlruns/<name>/<run id>/artifacts`, not under the launch directory (MLflow's default); a
+    server's experiments are placed by the server, and existing ones keep their location.
+    """
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    location = None
+    if db := sqlite_file(client.tracking_uri):
+        folder = re.sub(r"[^\w.-]+", "_", name).strip("._") or "experiment"
+        location = (db.parent / "mlruns" / folder).as_uri()
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=location)
     except MlflowException:
         return client.get_experiment_by_name(name).experiment_id
 
@@ -263,21 +327,22 @@ class SweepRun:
         self.client.set_terminated(self.run_id, status=status)
 
 
-def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str],
-                   run_id: str | None = None) -> SweepRun:
-    """Find the parent run of `study_name` (a resumed sweep reuses it) or create it."""
+def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str], run_id: str | None = None,
+                   known_id: str | None = None) -> SweepRun:
+    """The parent run of sweep `study_name`: `run_id` when given (SWEEPER_PARENT_RUN_ID, set for the
+    sweep's own workers); else `known_id`, the run the study recorded as its parent in this store,
+    resumed if it is still there; else a new run. Another study of the same name (in another
+    Optuna storage) never gets this study's parent: the name alone does not find it."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    check_reachable(cfg.tracking.uri)
-    try:
-        client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    uri = cfg.tracking.uri
+    check_reachable(uri)
+    with _opening(uri):
+        client = MlflowClient(tracking_uri=uri)
         if run_id is None:
             experiment_id = experiment_id_for(client, cfg.tracking.experiment)
-            found = client.search_runs([experiment_id], filter_string=f"tags.`sweep.study` = '{study_name}'",
-                                       max_results=1)
-            if found:
-                run_id = found[0].info.run_id
+            if known_id and _is_active_run(client, known_id, experiment_id):
+                run_id = known_id
                 client.update_run(run_id, status="RUNNING")
                 log.info("MLflow parent run %s (resumed)", run_id)
             else:
@@ -288,7 +353,15 @@ def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str],
                 for key, value in settings.items():
                     client.log_param(run_id, key, redact(value)[:PARAM_MAX_CHARS])
                 log.info("MLflow parent run %s", run_id)
-    except MlflowException as e:
-        raise TrackingError(f"tracking.uri={redact(cfg.tracking.uri)} cannot be used: "
-                            f"{str(e).splitlines()[0]}") from None
     return SweepRun(client, run_id)
+
+
+def _is_active_run(client, run_id: str, experiment_id: str) -> bool:
+    """Whether `run_id` is a run of the experiment in the client's store, not deleted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        info = client.get_run(run_id).info
+    except MlflowException:
+        return False
+    return info.experiment_id == experiment_id and info.lifecycle_stage == "active"

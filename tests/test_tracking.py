@@ -1,13 +1,21 @@
 """MLflow tracking against real MLflow stores (a copied SQLite store, a real `mlflow server`)."""
 
+import base64
+import http.server
 import json
 import shutil
+import sqlite3
+import threading
 import time
+from types import SimpleNamespace
 
+import optuna
 import pytest
+from omegaconf import OmegaConf
 
+from sweeper import sweep_report
 from sweeper.engine import train
-from sweeper.tracking import flatten, open_tracker, redact
+from sweeper.tracking import TrackingError, check_reachable, flatten, open_sweep_run, open_tracker, redact
 from tests.conftest import TINY, compose_cfg, free_port, run_cli, runs_of
 
 ARTIFACTS = {"config.yaml", "results.json", "model.pt", "learning_curves.png", "confusion_matrix.png"}
@@ -108,7 +116,8 @@ def test_an_unreachable_server_is_one_line_before_training_and_hides_the_passwor
     assert proc.returncode == 1 and len(errors) == 1 and "unreachable" in errors[0]
     assert "alice:***@" in errors[0] and "hunter2" not in proc.stdout + proc.stderr
     assert "Using device" not in proc.stdout  # nothing trained
-    assert "hunter2" not in (tmp_path / "run" / "config.yaml").read_text()
+    written = [f for f in (tmp_path / "run").rglob("*") if f.is_file()]
+    assert not any("hunter2" in f.read_text(errors="replace") for f in written)
 
 
 def test_passwords_are_never_params():
@@ -128,3 +137,128 @@ def test_runs_log_to_a_real_tracking_server(cifar_root, mlflow_server, tmp_path)
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
     assert ARTIFACTS <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert any(p.name == "model.pt" for p in artifact_root.rglob("*"))  # stored by the server
+
+
+def test_artifacts_go_beside_the_sqlite_file_not_into_the_launch_directory(
+        cifar_root, mlflow_uri, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run_tracked(tracked_cfg(cifar_root, mlflow_uri), tmp_path / "out")
+    client, [run] = runs_of(mlflow_uri)
+    assert run.info.artifact_uri == (tmp_path / "mlruns" / "sweeper" / run.info.run_id / "artifacts").as_uri()
+    assert (tmp_path / "mlruns" / "sweeper" / run.info.run_id / "artifacts" / "model.pt").is_file()
+    assert not (elsewhere / "mlruns").exists()
+
+
+def sweep_parent(uri, optuna_db, name="same", **kwargs):
+    """The parent run id `parent_run` gives study `name` of `optuna_db`, the run ended as a sweep ends."""
+    storage = f"sqlite:///{optuna_db}"
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
+    sweeper = SimpleNamespace(study_name=name, n_trials=2, directions=["maximize"], objectives=["val/acc"],
+                              sampler_cfg=OmegaConf.create({}), pruner_cfg=OmegaConf.create({}),
+                              storage=storage)
+    cfg = compose_cfg(["tracking=mlflow", f"tracking.uri={uri}"])
+    parent = sweep_report.parent_run(cfg, study, sweeper, {}, **kwargs)
+    parent.end("FINISHED")
+    return parent.run_id
+
+
+def test_a_sweep_parent_belongs_to_its_study_not_to_its_name(mlflow_uri, mlflow_template, tmp_path):
+    first = sweep_parent(mlflow_uri, tmp_path / "a.db")
+    other = sweep_parent(mlflow_uri, tmp_path / "b.db")  # same study name, another Optuna storage
+    assert other != first
+    assert sweep_parent(mlflow_uri, tmp_path / "a.db") == first  # resumed: the study's own parent
+    assert sweep_parent(mlflow_uri, tmp_path / "b.db") == other
+    client, runs = runs_of(mlflow_uri)
+    assert sorted(r.info.run_id for r in runs) == sorted([first, other])
+    assert {r.data.tags["sweep.study"] for r in runs} == {"same"}
+
+    second_store = tmp_path / "second.db"  # the same study tracked in another store: a parent there
+    shutil.copy(mlflow_template, second_store)
+    there = sweep_parent(f"sqlite:///{second_store}", tmp_path / "a.db")
+    assert there not in (first, other) and sweep_parent(mlflow_uri, tmp_path / "a.db") == first
+
+    assert sweep_parent(mlflow_uri, tmp_path / "a.db", resume_id=other) == other  # the env override
+    assert sweep_parent(mlflow_uri, tmp_path / "a.db") == first  # ... is not recorded
+    client.delete_run(first)  # a parent gone from the store: a new one, recorded
+    renewed = sweep_parent(mlflow_uri, tmp_path / "a.db")
+    assert renewed not in (first, other) and sweep_parent(mlflow_uri, tmp_path / "a.db") == renewed
+
+
+@pytest.fixture
+def health_server():
+    """A loopback HTTP server answering 200 on /health; yields its port and the headers it got."""
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, dict(self.headers)))
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], seen
+    server.shutdown()
+    server.server_close()
+
+
+def basic_auth(user_password: bytes) -> str:
+    return "Basic " + base64.b64encode(user_password).decode()
+
+
+def test_a_server_uri_with_credentials_is_probed_with_basic_auth(health_server, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    port, seen = health_server
+    check_reachable(f"http://alice:p%40ss@127.0.0.1:{port}/")
+    [(path, headers)] = seen
+    assert path == "/health" and headers["Authorization"] == basic_auth(b"alice:p@ss")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")  # as MLflow does: these come first
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw2")
+    check_reachable(f"http://alice:secret@127.0.0.1:{port}")
+    assert seen[1][1]["Authorization"] == basic_auth(b"bob:pw2")
+
+
+def test_an_unreachable_server_with_credentials_hides_the_password():
+    with pytest.raises(TrackingError) as error:
+        check_reachable(f"http://alice:hunter2@127.0.0.1:{free_port()}")
+    assert "unreachable" in str(error.value) and "alice:***@" in str(error.value)
+    assert "hunter2" not in str(error.value) and "Name or service" not in str(error.value)
+
+
+@pytest.mark.parametrize("store", ["afile/x.db", "/proc/x.db", "notadb.db", "not_mlflow.db",
+                                   "postgresql://u:pw@127.0.0.1:1/db"])
+def test_a_store_that_cannot_be_opened_is_one_line_without_the_password(store, cifar_root, tmp_path):
+    (tmp_path / "afile").write_text("a regular file, not a folder")
+    (tmp_path / "notadb.db").write_bytes(b"garbage, not a database " * 10)
+    # a SQLite file that is not an MLflow store
+    sqlite3.connect(tmp_path / "not_mlflow.db").execute("CREATE TABLE experiments (x)").connection.close()
+    uri = store if "://" in store else f"sqlite:///{tmp_path / store}"
+    cfg = tracked_cfg(cifar_root, uri)
+    start = time.monotonic()
+    for opening in (lambda: open_tracker(cfg).__enter__(), lambda: open_sweep_run(cfg, "s", {})):
+        with pytest.raises(TrackingError) as error:
+            opening()
+        message = str(error.value)
+        assert len(message.splitlines()) == 1 and message.startswith("tracking.uri=")
+        assert ":pw@" not in message and ("cannot be used" in message or "unreachable" in message)
+    assert time.monotonic() - start < 30  # not MLflow's ~100 s of retries
+    assert not list(tmp_path.glob("**/mlruns"))
+
+
+@pytest.mark.parametrize("store", ["notadb.db", "postgresql://u:pw@127.0.0.1:1/db"])
+def test_the_cli_says_a_broken_store_in_one_line_before_training(store, cifar_root, tmp_path):
+    (tmp_path / "notadb.db").write_bytes(b"garbage, not a database " * 10)
+    uri = store if "://" in store else f"sqlite:///{tmp_path / store}"
+    proc = run_cli(*TINY, f"data.root={cifar_root}", "tracking=mlflow", f"tracking.uri={uri}",
+                   f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    errors = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith("error: tracking.uri=")
+    assert ":pw@" not in proc.stdout + proc.stderr and "Using device" not in proc.stdout

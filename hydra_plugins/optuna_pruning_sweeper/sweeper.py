@@ -114,6 +114,7 @@ class OptunaPruningSweeper(Sweeper):
         sweep does not fill its study with trials that fail at once."""
         from sweeper.config import validate
 
+        validate(shared)  # the settings every trial shares first: their own message
         given = {line.split("=", 1)[0]: line for line in lines}
         for name, dist in space.items():
             key = name.lstrip("+")
@@ -260,8 +261,8 @@ class OptunaPruningSweeper(Sweeper):
         self._check_settings()
         space, fixed_lines, job_cfg, lines = self._search_space(arguments)
         shared = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])  # no hydra
-        self._preflight(_proposable(shared, space))
         self._check_space(space, shared, lines)
+        self._preflight(_proposable(shared, space))
         named = self.study_name is not None
         study = self._open_study(space, lines)
         if not named:  # each job's hydra.sweeper must match the sweep's, derived name included
