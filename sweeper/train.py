@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -58,7 +59,10 @@ def main(cfg: DictConfig) -> float:
         with open_tracker(cfg, run_name=cfg.tracking.run_name,
                           parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
             (out_dir / "config.yaml").write_text(redact_yaml(cfg))  # once the store has opened
-            result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
+            try:
+                result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
+            except RuntimeError as e:  # torch.OutOfMemoryError too
+                raise out_of_memory(e, cfg) or e from None
             tracker.log_result(result, out_dir)
     except SweeperError as e:
         if cfg.trial.number is not None:
@@ -94,6 +98,20 @@ def cli() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     main()
+
+
+def out_of_memory(error: RuntimeError, cfg: DictConfig) -> SweeperError | None:
+    """A one-line error for a run that asked for more memory than the device has (PyTorch's CPU
+    and CUDA allocators say so over many lines); None for any other error."""
+    text = str(error)
+    if "out of memory" not in text.lower() and "can't allocate memory" not in text:
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    asked = f"{int(asked[1]) / 2**30:,.1f} GiB" if asked else \
+        (re.search(r"allocate ([\d.]+ \w+)", text) or ["", "more"])[1]
+    return SweeperError(f"out of memory: a tensor of {asked} did not fit (model.blocks="
+                        f"{list(cfg.model.blocks)}, model.width={cfg.model.width}, trainer.batch_size="
+                        f"{cfg.trainer.batch_size}); make the model or the batch smaller")
 
 
 def redact_yaml(cfg: DictConfig) -> str:

@@ -110,6 +110,7 @@ BAD_INPUTS = {
     "unknown group option": (["model=resnet99"], "model=resnet99 is invalid: allowed values are "
                              "preact18, preact34, tiny", 2),
     "read-only output dir": ([], "is not writable", 1),
+    "out of memory": (["model.width=1000000"], "error: out of memory: a tensor of", 1),
     "unreachable tracking server": (["tracking=mlflow", "tracking.uri=http://u:s3cret@127.0.0.1:1"],
                                     "tracking.uri=http://u:***@127.0.0.1:1 is unreachable", 1),
     "corrupted checkpoint": (["trainer.resume=true"], "checkpoint.pt is corrupted or truncated", 1),
@@ -165,7 +166,7 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(bad_runs, name):
         assert (run_dir / "checkpoint.pt").read_bytes() == b"PK\x03\x04 cut short"  # kept as it was
         # the refused run did not overwrite the config of the run it would have resumed
         assert (run_dir / "config.yaml").read_text() == "# the run that wrote the checkpoint\n"
-    elif name != "diverged" and name != "read-only output dir":
+    elif name not in ("diverged", "read-only output dir", "out of memory"):
         assert not (run_dir / "config.yaml").exists()  # refused before anything is written
     if name == "unreachable tracking server":  # Hydra's own snapshots in .hydra/ are masked too
         assert not any("s3cret" in f.read_text() for f in run_dir.rglob("*") if f.is_file())

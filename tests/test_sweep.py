@@ -190,7 +190,7 @@ def test_a_sweep_where_every_trial_fails_ends_with_one_line(cifar_root, tmp_path
                             "hydra.sweeper.max_failure_rate=1.0", n_trials=2), tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: no trial of study 'smoke' completed") and "allocate" in last
+    assert last.startswith("error: no trial of study 'smoke' completed") and "out of memory" in last
     assert last.endswith("or start afresh with hydra.sweeper.study_name=<another name>")
 
 
