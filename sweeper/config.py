@@ -161,6 +161,10 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
     for override in parsed:
         group = override.key_or_group
         folders = [d / group for d in dirs if (d / group).is_dir()]
+        if group == "hydra/sweeper/sampler" and not override.is_delete():
+            _check_option(override, group, _SAMPLERS)
+        if group.startswith("hydra.sweeper.") and not override.is_delete():
+            _check_sweeper_key(override)
         if override.is_delete() or group.startswith("hydra"):
             continue
         if not folders:
@@ -175,11 +179,50 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
                       else [override.value()])
         except HydraException:
             continue  # a range or interval sweep of a group: Hydra will say what is wrong
-        allowed = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-        for value in values:
-            if value is None or (isinstance(value, str) and value not in allowed):
-                raise ConfigError(f"{group}={value if value is not None else 'null'} is invalid: "
-                                  f"allowed values are {', '.join(allowed)}")
+        _check_option(override, group, sorted({p.stem for f in folders for p in f.glob("*.yaml")}),
+                      values)
+
+
+# The samplers of the official Optuna sweeper (group hydra/sweeper/sampler) that Optuna 3+ has.
+_SAMPLERS = ["cmaes", "gp", "grid", "nsgaii", "nsgaiii", "qmc", "random", "tpe"]
+
+
+def _check_option(override: Any, group: str, allowed: list[str], values: list | None = None) -> None:
+    """A group option must be one of `allowed`."""
+    if values is None:
+        try:
+            values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                      else [override.value()])
+        except Exception:
+            return  # Hydra will say what is wrong
+    for value in values:
+        if value is None or (isinstance(value, str) and value not in allowed):
+            raise ConfigError(f"{group}={value if value is not None else 'null'} is invalid: "
+                              f"allowed values are {', '.join(allowed)}")
+
+
+def _check_sweeper_key(override: Any) -> None:
+    """`hydra.sweeper.<field>=value` of our sweeper: a value of the field's type (Hydra says a
+    wrong one over four lines). Fields it does not have are left to Hydra (another sweeper's)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hydra_plugins.optuna_pruning_sweeper.config import OptunaPruningSweeperConf
+
+    key = override.key_or_group[len("hydra.sweeper."):]
+    schema = OmegaConf.structured(OptunaPruningSweeperConf)
+    try:
+        if OmegaConf.select(schema, key, default=_ABSENT) is _ABSENT or override.is_sweep_override():
+            return
+        value = override.value()
+        if isinstance(value, str) and "${" in value:
+            return
+        OmegaConf.update(schema, key, value, merge=False)
+    except OmegaConfBaseException:
+        parent_key, _, name = key.rpartition(".")
+        parent = OmegaConf.select(schema, parent_key) if parent_key else schema
+        raise ConfigError(f"{override.key_or_group}={override.get_value_element_as_str()} is "
+                          f"invalid: {_expected(parent, name)}") from None
 
 
 _TYPE_NAMES = {int: "an int", float: "a float", bool: "true or false", str: "a string"}

@@ -154,6 +154,8 @@ def test_a_typo_inside_a_preset_file_fails_at_compose_time(tmp_path):
     ("model.blocks=[2,2,2,2.5]", "model.blocks=[2,2,2,2.5] is invalid: a list of ints"),
     ("model.blocks.0=x", "model.blocks.0=x is invalid: an int"),
     ("+trainer.epoch=5", "trainer.epoch is not a config key (did you mean trainer.epochs?)"),
+    ("hydra/sweeper/sampler=foo", "hydra/sweeper/sampler=foo is invalid: allowed values are cmaes"),
+    ("hydra.sweeper.n_trials=abc", "hydra.sweeper.n_trials=abc is invalid: an int"),
     ("trainer.tta=maybe", "trainer.tta=maybe is invalid: true or false"),
     ("model.width=4,abc", "model.width=abc is invalid: an int"),
 ])
@@ -167,6 +169,7 @@ def test_check_overrides_names_an_unknown_key_or_a_wrong_type_in_one_line(overri
     "data.train_size=null", "trainer.compile=true", "model.blocks=[4,5,6,3]", "model.blocks.0=3",
     "optimizer.lr=1e-3", "optimizer=adamw", "+extra=1", "model.width=16,32", "seed=${oc.env:SEED,0}",
     "model.blocks.0=range(1,4)", "optimizer.lr=tag(log,interval(0.01,1.0))",
+    "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=5", "hydra.sweeper.storage=null",
 ])
 def test_check_overrides_lets_valid_overrides_and_sweeps_through(override):
     check_overrides([override])
