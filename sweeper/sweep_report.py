@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from omegaconf import OmegaConf
 
-from sweeper import tracking
+from sweeper import stores, tracking
 
 log = logging.getLogger(__name__)
 TrialState = optuna.trial.TrialState
@@ -52,8 +52,8 @@ def parent_run(job_cfg: Any, study: optuna.Study, sweeper: Any, space: dict,
                      "sampler": type(study.sampler).__name__,
                      "sampler.settings": json.dumps(OmegaConf.to_container(sweeper.sampler_cfg)),
                      "pruner": json.dumps(OmegaConf.to_container(sweeper.pruner_cfg)),
-                     "storage": tracking.redact(str(sweeper.storage))})
-    store = tracking.store_key(job_cfg.tracking.uri)
+                     "storage": stores.redact(str(sweeper.storage))})
+    store = stores.store_key(job_cfg.tracking.uri)
     known = dict(study.user_attrs.get(PARENT_ATTR) or {})
     parent = tracking.open_sweep_run(job_cfg, sweeper.study_name, settings, run_id=resume_id,
                                      known_id=known.get(store))

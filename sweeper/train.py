@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper.config import absolute_sqlite_url, check_overrides, register
 from sweeper.engine import preflight, train
 from sweeper.errors import ConfigError, SweeperError
-from sweeper.tracking import open_tracker, redact
+from sweeper.stores import redact
+from sweeper.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 

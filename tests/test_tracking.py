@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from sweeper import sweep_report
 from sweeper.engine import train
-from sweeper.tracking import TrackingError, check_reachable, flatten, open_sweep_run, open_tracker, redact
+from sweeper.stores import TrackingError, check_reachable, redact
+from sweeper.tracking import flatten, open_sweep_run, open_tracker
 from tests.conftest import TINY, compose_cfg, free_port, run_cli, runs_of
 
 ARTIFACTS = {"config.yaml", "results.json", "model.pt", "learning_curves.png", "confusion_matrix.png"}

@@ -37,7 +37,7 @@ import hydra_plugins.optuna_pruning_sweeper.config  # noqa: F401  (registers hyd
 from sweeper import sweep_report
 from sweeper.config import absolute_sqlite_url
 from sweeper.errors import ConfigError, SweeperError
-from sweeper.tracking import redact
+from sweeper.stores import redact
 from sweeper.trial import PRUNERS
 from sweeper.trial import storage as trial_storage
 
