@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sweeper.data import load_cifar10, split
+from sweeper.data import FOLDER, load_cifar10, missing_file, split
 from sweeper.engine import autocast_dtype, describe, resolve_device, train
 from sweeper.errors import DataError, SweeperError
 from sweeper.model import PreActResNet
@@ -432,14 +432,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if (missing := missing_file(args.data_root)) is not None:  # said in the bench's own terms
+        print(f"error: CIFAR-10 not found: {missing} does not exist; point --data-root (or "
+              f"$CIFAR10_ROOT) at the folder holding {FOLDER}/", file=sys.stderr)
+        sys.exit(DataError.exit_code)
     try:
         report = run(args)
     except SweeperError as e:
-        message = str(e)
-        if isinstance(e, DataError):  # the trainer's advice, in the bench's own terms
-            message = message.split("; point data.root")[0] + \
-                "; point --data-root (or $CIFAR10_ROOT) at the folder holding cifar-10-batches-py/"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     out = args.out or ROOT / "benchmarks" / (
         f"{report['device'].split()[0]}-{datetime.now():%Y%m%d-%H%M%S}.json")

@@ -163,7 +163,7 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
         folders = [d / group for d in dirs if (d / group).is_dir()]
         if group == "hydra/sweeper/sampler" and not override.is_delete():
             _check_option(override, group, _SAMPLERS)
-        if group.startswith("hydra.sweeper.") and not override.is_delete():
+        if group.startswith(_SWEEPER) and not override.is_delete():
             _check_sweeper_key(override)
         if override.is_delete() or group.startswith("hydra"):
             continue
@@ -174,27 +174,23 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
                 schema = OmegaConf.structured(Config)
             _check_key(override, schema)
             continue
-        try:
-            values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
-                      else [override.value()])
-        except HydraException:
-            continue  # a range or interval sweep of a group: Hydra will say what is wrong
-        _check_option(override, group, sorted({p.stem for f in folders for p in f.glob("*.yaml")}),
-                      values)
+        _check_option(override, group, sorted({p.stem for f in folders for p in f.glob("*.yaml")}))
 
 
 # The samplers of the official Optuna sweeper (group hydra/sweeper/sampler) that Optuna 3+ has.
 _SAMPLERS = ["cmaes", "gp", "grid", "nsgaii", "nsgaiii", "qmc", "random", "tpe"]
+_SWEEPER = "hydra.sweeper."
 
 
-def _check_option(override: Any, group: str, allowed: list[str], values: list | None = None) -> None:
-    """A group option must be one of `allowed`."""
-    if values is None:
-        try:
-            values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
-                      else [override.value()])
-        except Exception:
-            return  # Hydra will say what is wrong
+def _check_option(override: Any, group: str, allowed: list[str]) -> None:
+    """A group option (each, in a sweep over options) must be one of `allowed`."""
+    from hydra.errors import HydraException
+
+    try:
+        values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                  else [override.value()])
+    except HydraException:
+        return  # a range or interval sweep of a group: Hydra will say what is wrong
     for value in values:
         if value is None or (isinstance(value, str) and value not in allowed):
             raise ConfigError(f"{group}={value if value is not None else 'null'} is invalid: "
@@ -202,27 +198,15 @@ def _check_option(override: Any, group: str, allowed: list[str], values: list | 
 
 
 def _check_sweeper_key(override: Any) -> None:
-    """`hydra.sweeper.<field>=value` of our sweeper: a value of the field's type (Hydra says a
-    wrong one over four lines). Fields it does not have are left to Hydra (another sweeper's)."""
+    """`hydra.sweeper.<field>=value` of our sweeper must fit the field's type (Hydra says a wrong
+    one over four lines). Fields it does not have are left to Hydra (another sweeper's)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     from hydra_plugins.optuna_pruning_sweeper.config import OptunaPruningSweeperConf
 
-    key = override.key_or_group[len("hydra.sweeper."):]
     schema = OmegaConf.structured(OptunaPruningSweeperConf)
-    try:
-        if OmegaConf.select(schema, key, default=_ABSENT) is _ABSENT or override.is_sweep_override():
-            return
-        value = override.value()
-        if isinstance(value, str) and "${" in value:
-            return
-        OmegaConf.update(schema, key, value, merge=False)
-    except OmegaConfBaseException:
-        parent_key, _, name = key.rpartition(".")
-        parent = OmegaConf.select(schema, parent_key) if parent_key else schema
-        raise ConfigError(f"{override.key_or_group}={override.get_value_element_as_str()} is "
-                          f"invalid: {_expected(parent, name)}") from None
+    if OmegaConf.select(schema, override.key_or_group[len(_SWEEPER):], default=_ABSENT) is not _ABSENT:
+        _check_key(override, schema, prefix=_SWEEPER)
 
 
 _TYPE_NAMES = {int: "an int", float: "a float", bool: "true or false", str: "a string"}
@@ -244,7 +228,7 @@ def _expected(parent: Any, name: str) -> str:
     return words + (" or null" if meta.optional else "")
 
 
-def _check_key(override: Any, schema: Any) -> None:
+def _check_key(override: Any, schema: Any, prefix: str = "") -> None:
     """A plain `key=value` override: the key must exist in the schema and the value fit its type
     (Hydra says both over five lines and exits with 1; this is one line and exit status 2)."""
     import difflib
@@ -253,7 +237,7 @@ def _check_key(override: Any, schema: Any) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    key = override.key_or_group
+    key = override.key_or_group[len(prefix):]  # the schema's own key: `prefix` is above its root
     if override.package is not None:
         return
     added = override.is_add() or override.is_force_add()
@@ -294,7 +278,7 @@ def _check_key(override: Any, schema: Any) -> None:
             parent = OmegaConf.select(schema, parent_key) if parent_key else schema
             shown = "null" if value is None else value if sweep else \
                 override.get_value_element_as_str()
-            raise ConfigError(f"{key}={shown} is invalid: "
+            raise ConfigError(f"{prefix}{key}={shown} is invalid: "
                               f"{_expected(parent, int(name) if OmegaConf.is_list(parent) else name)}"
                               ) from None
 

@@ -80,16 +80,24 @@ def _download(root: Path) -> None:
                         f"{FOLDER}/ folder of cifar-10-python.tar.gz there by hand") from None
 
 
+def batch_files(root: str | Path) -> list[Path]:
+    """The six canonical batch files under `root`/cifar-10-batches-py, the test batch last."""
+    return [Path(root) / FOLDER / name for name in (*TRAIN_FILES, TEST_FILE)]
+
+
+def missing_file(root: str | Path) -> Path | None:
+    """The first batch file not under `root`, or None when all six are there."""
+    return next((f for f in batch_files(root) if not f.is_file()), None)
+
+
 @functools.lru_cache(maxsize=2)
 def load_cifar10(root: str, download: bool = False) -> Cifar10:
     """Read all six batches under `root`/cifar-10-batches-py once per process (cached)."""
-    folder = Path(root) / FOLDER
-    files = [folder / name for name in (*TRAIN_FILES, TEST_FILE)]
-    if not all(f.is_file() for f in files):
+    files = batch_files(root)
+    if (missing := missing_file(root)) is not None:
         if download:
             _download(Path(root))
         else:
-            missing = next(f for f in files if not f.is_file())
             raise DataError(f"CIFAR-10 not found: {missing} does not exist; point data.root at the "
                             f"folder holding {FOLDER}/, or set data.download=true to fetch it")
     train = [read_batch(f) for f in files[:-1]]

@@ -23,9 +23,8 @@ def writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = True) ->
     try:
         if create:
             path.mkdir(parents=True, exist_ok=True)
-        probe = path.absolute()
-        while not create and not probe.exists() and probe != probe.parent:
-            probe = probe.parent
+        probe = path if create else next(p for p in (path.absolute(), *path.absolute().parents)
+                                          if p.exists())
         with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-test-"):
             pass  # a name of its own: workers starting together do not trip over each other
     except OSError as e:

@@ -63,7 +63,9 @@ def main(cfg: DictConfig) -> float:
             try:
                 result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
             except RuntimeError as e:  # torch.OutOfMemoryError too
-                raise out_of_memory(e, cfg) or e from None
+                if (oom := out_of_memory(e, cfg)) is None:
+                    raise
+                raise oom from None
             tracker.log_result(result, out_dir)
     except SweeperError as e:
         if cfg.trial.number is not None:

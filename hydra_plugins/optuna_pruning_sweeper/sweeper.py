@@ -117,12 +117,12 @@ class OptunaPruningSweeper(Sweeper):
         validate(shared)  # the settings every trial shares first: their own message
         given = {line.split("=", 1)[0]: line for line in lines}
         for name, dist in space.items():
-            key = name.lstrip("+")
+            key, shown = name.lstrip("+"), given.get(name, name)
             if not name.startswith("+") and OmegaConf.select(shared, key, default=_MISSING) is _MISSING:
                 raise ConfigError(f"hydra.sweeper.params key '{name}' does not exist in the config")
             if self._is_grid() and not isinstance(dist, optuna.distributions.CategoricalDistribution) \
                     and not (isinstance(dist, optuna.distributions.IntDistribution) or dist.step):
-                raise ConfigError(f"{given.get(name, name)} is continuous: the grid sampler needs "
+                raise ConfigError(f"{shown} is continuous: the grid sampler needs "
                                   f"choice(...) or range(...) values")
             if name.startswith("+"):
                 continue
@@ -132,20 +132,25 @@ class OptunaPruningSweeper(Sweeper):
                     OmegaConf.update(cfg, key, value, merge=False)
                     validate(cfg)
                 except ConfigError as e:
-                    raise ConfigError(f"{given.get(name, name)} can propose {value}: {e}") from None
+                    raise ConfigError(f"{shown} can propose {value}: {e}") from None
                 except Exception as e:  # the schema refuses the value's type
-                    raise ConfigError(f"{given.get(name, name)} can propose {value}, which "
+                    raise ConfigError(f"{shown} can propose {value}, which "
                                       f"{key} cannot hold ({str(e).splitlines()[0]})") from None
 
     def _is_grid(self) -> bool:
         return "GridSampler" in str(self.sampler_cfg.get("_target_"))
 
-    def _open_study(self, space: dict, lines: list[str]) -> optuna.Study:
-        if self.study_name is None:  # same search space, same study: a re-run resumes it
-            digest = hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()[:8]
-            self.study_name = f"sweep-{digest}"
-            with read_write(self.config.hydra.sweeper):  # multirun/${...study_name} too
-                self.config.hydra.sweeper.study_name = self.study_name
+    def _name_study(self, lines: list[str]) -> str:
+        """Same search space, same study: a re-run resumes it. The name is set in the sweep's
+        config too (multirun/${hydra.sweeper.study_name}); the override that sets it in each job's
+        is returned, since Hydra requires a job's hydra.sweeper to equal the sweep's."""
+        digest = hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()[:8]
+        self.study_name = f"sweep-{digest}"
+        with read_write(self.config.hydra.sweeper):
+            self.config.hydra.sweeper.study_name = self.study_name
+        return f"hydra.sweeper.study_name={self.study_name}"
+
+    def _open_study(self, space: dict) -> optuna.Study:
         self.storage = absolute_sqlite_url(self.storage)
         try:
             storage = trial_storage(self.storage) if self.storage else None
@@ -263,10 +268,9 @@ class OptunaPruningSweeper(Sweeper):
         shared = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])  # no hydra
         self._check_space(space, shared, lines)
         self._preflight(_proposable(shared, space))
-        named = self.study_name is not None
-        study = self._open_study(space, lines)
-        if not named:  # each job's hydra.sweeper must match the sweep's, derived name included
-            fixed_lines.append(f"hydra.sweeper.study_name={self.study_name}")
+        if self.study_name is None:
+            fixed_lines.append(self._name_study(lines))
+        study = self._open_study(space)
         self._check_recipe(study, shared, space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
