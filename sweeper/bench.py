@@ -9,7 +9,8 @@ the order (A B, B A, ...), by
               RandomHorizontalFlip, ToTensor, Normalize), DataLoader(shuffle, 2 workers), fp32 NCHW,
               SGD, `loss.item()` every step; each round in a fresh process, as the seed's script
               runs (the C library's default allocator, no caches warmed by the other loops);
-  sweeper     `sweeper.engine.train` with its defaults for the device (other variants: --variants).
+  sweeper     `sweeper.engine.train` with its defaults for the device (bf16 autocast on CUDA and on
+              CPUs with AMX; other variants: --variants, e.g. sweeper-fp32).
 Each measurement is the second of two epochs (the first warms up caches, allocator and compiler), in
 training images per second (the reference's from the end of its first step, so its DataLoader's
 per-epoch worker start-up is not counted against it; ours over the whole epoch). The ratio to the
@@ -59,6 +60,7 @@ VARIANTS = {
     "sweeper": [],
     "sweeper-eager": ["trainer.channels_last=false", "trainer.compile=false"],
     "sweeper-compile": ["trainer.compile=true"],
+    "sweeper-fp32": ["trainer.precision=fp32"],  # where the defaults use bf16: its share of the gain
 }
 LR = 0.05
 
@@ -411,7 +413,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training images per epoch (default: 65536 / width)")
     p.add_argument("--reps", type=int, default=3, help="interleaved rounds")
     p.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS),
-                   help="our trainer's variants (default: sweeper, plus sweeper-compile on CPU)")
+                   help="our trainer's variants (default: sweeper; on a CPU also sweeper-compile, "
+                        "and sweeper-fp32 where the default precision is bf16)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--data-root", default=os.environ.get("CIFAR10_ROOT", "../shared/datasets/cifar10"))
     p.add_argument("--out", type=Path, default=None,
@@ -421,8 +424,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.data_root = str(Path(args.data_root).absolute())
     if args.variants is None:
-        cpu = resolve_device(args.device).type == "cpu"
-        args.variants = ["sweeper", "sweeper-compile"] if cpu else ["sweeper"]
+        device = resolve_device(args.device)
+        args.variants = ["sweeper"]
+        if device.type == "cpu":
+            args.variants.append("sweeper-compile")
+            if autocast_dtype("auto", device) is not None:
+                args.variants.append("sweeper-fp32")
     if min(args.widths) < 1 or args.batch_size < 1 or args.reps < 1 or min(args.blocks) < 1:
         p.error("--widths, --blocks, --batch-size and --reps must be positive")
     if args.images < 0:

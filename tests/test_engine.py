@@ -164,3 +164,35 @@ def test_training_on_cpu_reuses_freed_memory(cifar_root, env, kept):
         assert int(second) <= 3 * BLOCK_PAGES  # 8 blocks: at most 3 from new memory
     else:
         assert int(second) >= 7 * BLOCK_PAGES
+
+
+@pytest.fixture(params=[True, False, None], ids=["amx", "no-amx", "unknown"])
+def amx(request, monkeypatch):
+    """A CPU with AMX, one without, and a torch that cannot tell (no such private function)."""
+    import torch
+
+    if request.param is None:
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: request.param)
+    return bool(request.param)
+
+
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_amx(amx):
+    import torch
+
+    from sweeper.engine import autocast_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if amx else None)
+    assert autocast_dtype("auto", cuda) is torch.bfloat16
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+
+
+def test_bf16_on_a_cpu_without_amx_warns_and_trains(tiny_cfg, amx, caplog):
+    tiny_cfg.trainer.precision = "bf16"
+    tiny_cfg.trainer.epochs = 1
+    result = train(tiny_cfg)
+    assert result.status == "completed" and math.isfinite(result.history[0]["train/loss"])
+    slower = [r for r in caplog.records if "usually slower than fp32" in r.getMessage()]
+    assert len(slower) == (0 if amx else 1)
