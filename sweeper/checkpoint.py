@@ -76,11 +76,31 @@ def load(path: Path, cfg, runtime: dict[str, Any] | None = None) -> dict:
     wanted = fingerprint(cfg, runtime)
     differ = [key for key, value in wanted.items() if written.get(key) != value]
     if differ:
-        key = differ[0]
+        key = min(differ, key=lambda k: k.startswith("resolved."))  # the config's own keys first
+        if key.startswith("resolved."):  # what auto/null chose on the machine that wrote it
+            raise CheckpointError(_machine_refusal(path, key, written.get(key), wanted[key]))
         raise CheckpointError(f"{path} was written by a run with {key}={written.get(key)!r}, not "
                               f"{wanted[key]!r}; resume with the same settings, or use another "
                               f"output directory")
     return state
+
+
+# resolved.precision holds the autocast dtype as text (None: fp32)
+_PRECISIONS = {"None": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+
+
+def _machine_refusal(path: Path, key: str, written: Any, wanted: Any) -> str:
+    """A refusal for a setting that auto/null resolves per machine, naming the override to use."""
+    name = key.removeprefix("resolved.")
+
+    def setting(value: Any) -> str:
+        if name == "precision":
+            return _PRECISIONS.get(value, str(value))
+        return str(value).lower()  # compile and channels_last: true/false; device: cpu/cuda
+
+    return (f"{path} was written by a run with trainer.{name}={setting(written)} (its default on "
+            f"that machine), not {setting(wanted)}; resume with trainer.{name}={setting(written)}, "
+            f"or use another output directory")
 
 
 def snapshot(cfg, runtime: dict[str, Any], parts: dict, gen: torch.Generator, **progress) -> dict:

@@ -77,3 +77,13 @@ def test_bench_survives_a_failing_profiler(cifar_root, monkeypatch):
     assert width["convolutions"] == {"error": "RuntimeError: CUPTI not found"}
     assert width["images_per_s"]["sweeper"]["median"] > 0 and width["ceiling_ratio"] > 0
     assert "(convs only)    not measured: RuntimeError: CUPTI not found" in bench.table(report)
+
+
+def test_default_variants_add_fp32_where_the_cpu_defaults_to_bf16(monkeypatch):
+    from sweeper.bench import parse_args
+
+    for amx, variants in ((True, ["sweeper", "sweeper-compile", "sweeper-fp32"]),
+                          (False, ["sweeper", "sweeper-compile"])):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert parse_args(["--device", "cpu"]).variants == variants
+    assert parse_args(["--device", "cpu", "--variants", "sweeper"]).variants == ["sweeper"]

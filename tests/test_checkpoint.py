@@ -73,6 +73,23 @@ def test_resume_into_other_settings_is_refused(tiny_cfg, tmp_path):
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1  # kept
 
 
+def test_resume_on_a_machine_with_other_defaults_names_the_setting(tiny_cfg, tmp_path,
+                                                                  monkeypatch):
+    # written where precision=auto meant fp32 (a CPU without AMX), resumed where it means bf16
+    tiny_cfg.trainer.epochs = 3
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(Interrupt):
+        train(tiny_cfg, out_dir=tmp_path, on_epoch=stop_after(1))
+    tiny_cfg.trainer.resume = True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    with pytest.raises(CheckpointError) as refused:
+        train(tiny_cfg, out_dir=tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path / 'checkpoint.pt'} was written by a run with trainer.precision=fp32 (its "
+        f"default on that machine), not bf16; resume with trainer.precision=fp32, or use another "
+        f"output directory")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_a_corrupted_checkpoint_is_one_clear_error_and_kept(tiny_cfg, tmp_path, damage):
     tiny_cfg.trainer.epochs = 3
