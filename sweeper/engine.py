@@ -50,6 +50,7 @@ class Result:
     startup_s: float = 0.0  # from the call of train() to the end of the first step
     first_step_at: float = 0.0  # when the first step ended (Unix time)
     device: str = ""
+    precision: str = ""  # what trainer.precision resolved to: fp32 | bf16 | fp16
     message: str = ""  # why the run stopped early, if it did
     history: list = field(default_factory=list)  # one dict of metrics per epoch
 
@@ -300,10 +301,15 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         log.warning("trainer.precision=%s on this CPU: usually slower than fp32, often several "
                     "times (trainer.precision=auto uses fp32 here)", tr.precision)
     model, forward = build_compiled(cfg.model, device, channels_last, use_compile)
-    result = Result(status="running", n_params=count_parameters(model), device=describe(device))
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+    log.info("Precision %s, channels_last %s, compile %s", precision,
+             str(channels_last).lower(), str(use_compile).lower())
+    result = Result(status="running", n_params=count_parameters(model), device=describe(device),
+                    precision=precision)
     log.info("Model: blocks %s, width %d, %.2fM parameters", list(cfg.model.blocks),
              cfg.model.width, result.n_params / 1e6)
     tracker.log_facts({"n_params": result.n_params, "device": result.device,
+                       "precision": precision,
                        "torch_version": torch.__version__})
     optimizer = build_optimizer(model, cfg.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)

@@ -130,9 +130,10 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, params=items[start:start + 100])
 
     def log_facts(self, facts: dict) -> None:
-        """Derived facts of the run: `n_params` as a param, the device and torch version as tags."""
+        """Derived facts of the run: `n_params` as a param; the device, the precision trained in
+        (trainer.precision=auto differs per machine) and the torch version as tags."""
         self._log_params({"n_params": str(facts["n_params"])})
-        for key in ("device", "torch_version"):
+        for key in ("device", "precision", "torch_version"):
             if key in facts:
                 self.client.set_tag(self.run_id, key, str(facts[key]))
 

@@ -24,6 +24,7 @@ def test_a_run_learns_and_writes_results(tiny_cfg, tmp_path):
                 "train_time_s", "images_per_s", "status"):
         assert key in results
     assert results["status"] == "completed" and results["val/acc"] == result.val_acc
+    assert results["precision"] == result.precision in ("fp32", "bf16")  # auto: per machine
     assert list(results["test/acc_per_class"]) == ["plane", "car", "bird", "cat", "deer", "dog",
                                                    "frog", "horse", "ship", "truck"]
     assert results["images_per_s"] > 0 and results["train_time_s"] > 0
@@ -195,4 +196,4 @@ def test_bf16_on_a_cpu_without_amx_warns_and_trains(tiny_cfg, amx, caplog):
     result = train(tiny_cfg)
     assert result.status == "completed" and math.isfinite(result.history[0]["train/loss"])
     slower = [r for r in caplog.records if "usually slower than fp32" in r.getMessage()]
-    assert len(slower) == (0 if amx else 1)
+    assert len(slower) == (0 if amx else 1) and result.precision == "bf16"

@@ -47,6 +47,7 @@ def test_a_run_records_params_tags_metric_histories_and_artifacts(cifar_root, ml
     assert params["n_params"] == str(result.n_params)
     tags = run.data.tags
     assert tags["status"] == "completed" and tags["device"].startswith("cpu")
+    assert tags["precision"] == result.precision in ("fp32", "bf16")  # as auto resolved here
     assert tags["torch_version"] and tags["hydra_overrides"] == "a=b"
     assert len(tags["mlflow.source.git.commit"]) >= 7
     for key in ("train/loss", "train/acc", "val/acc", "lr", "time/epoch_s", "images_per_s"):
