@@ -156,7 +156,8 @@ def refuse_completed(out_dir: Path) -> None:
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:

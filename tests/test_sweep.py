@@ -241,6 +241,10 @@ def test_two_workers_share_one_study_without_duplicates(cifar_root, mlflow_uri, 
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes ran trials
     assert (tmp_path / "multirun" / "worker-1.log").is_file()
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared out, not 2 pools each
+    for t in trials:
+        results = json.loads((tmp_path / "multirun" / str(t.number) / "results.json").read_text())
+        assert results["device"] == f"cpu ({threads} thread{'s' if threads > 1 else ''})"
     _, runs = runs_of(mlflow_uri)  # trials of both processes are children of the one parent
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -506,3 +510,13 @@ def test_a_trial_that_finished_its_epochs_is_not_pruned(tmp_path):
     with pytest.raises(Pruned):  # epoch 1 of 2: worse than the median, stopped
         trial_reporter(study.ask().number, "s", cfg, last_epoch=2)(1, {"val/acc": 0.1})
     trial_reporter(study.ask().number, "s", cfg, last_epoch=1)(1, {"val/acc": 0.1})  # its last: kept
+
+
+def test_local_workers_share_the_cores_out(monkeypatch):
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import _threads_per_worker
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [_threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [None, 4, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    assert _threads_per_worker(2) is None
