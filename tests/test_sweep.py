@@ -337,8 +337,11 @@ def test_workers_on_postgresql_share_one_study_exactly(cifar_root, tmp_path):
 
 
 def _worker(args, cwd):
-    """One sweep worker, as a user starts it; its output (a few lines per trial) is read at the end."""
+    """One sweep worker, as a user starts it, with the README's OMP_NUM_THREADS for several workers
+    on one machine (2 test workers on CI's 2 cores); its output is read at the end."""
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
     return subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=cwd,
+                            env={**os.environ, "OMP_NUM_THREADS": threads},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -282,7 +282,9 @@ class OptunaPruningSweeper(Sweeper):
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s", self.study_name,
                  redact(str(self.storage)), len(study.trials), self.n_trials,
                  type(study.sampler).__name__, self.pruner_cfg.name)
-        threads = _threads_per_worker(1 if worker else self.n_jobs)
+        in_process = str(OmegaConf.select(self.config, "hydra.launcher._target_")).endswith(
+            "BasicLauncher")  # a launcher's jobs run elsewhere, with their own cores
+        threads = _threads_per_worker(1 if worker or not in_process else self.n_jobs)
         if threads is not None:
             import torch
 
