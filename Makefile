@@ -15,7 +15,7 @@ $(VENV)/installed: pyproject.toml
 
 install: $(VENV)/installed ## create .venv and install the project with its test tools
 
-test: $(VENV)/installed ## run the test suite (synthetic data, CPU, 3-7 minutes on 2 cores)
+test: $(VENV)/installed ## run the test suite (synthetic data, CPU, 3-8 minutes on 2 cores)
 	$(PY) -m pytest -n 2
 
 test-system: $(VENV)/installed ## system tests: kills and resume, workers, PostgreSQL, MLflow server

@@ -28,9 +28,9 @@ def sweep_args(cifar_root, tmp_path, *overrides, n_trials=3):
             f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.sweeper.n_trials={n_trials}", *overrides]
 
 
-def sweep(args, cwd, timeout=300):
+def sweep(args, cwd, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "sweeper.train", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def study_of(tmp_path, name="smoke"):
@@ -231,9 +231,10 @@ def test_resume_after_sigkill_runs_only_the_missing_trials(cifar_root, mlflow_ur
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_without_duplicates(cifar_root, mlflow_uri, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the sweeper's choice
     proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.n_jobs=2", "tracking=mlflow",
                             f"tracking.uri={mlflow_uri}", "hydra.sweeper.pruner.name=none",
-                            n_trials=4), tmp_path)
+                            n_trials=4), tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = study_of(tmp_path).trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
