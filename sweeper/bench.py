@@ -309,6 +309,7 @@ def run(args) -> dict:
         train_set = split(data, args.val_size, images, None, 0)[0]
         rates = {name: [] for name in ["reference", *args.variants]}
         startups = {name: [] for name in args.variants}
+        precisions = {"reference": "fp32"}
         for rep in range(args.reps):
             order = ["reference", *args.variants]
             for name in order if rep % 2 == 0 else order[::-1]:  # A B, then B A: no order bias
@@ -319,6 +320,7 @@ def run(args) -> dict:
                 result = train(compose(trainer_overrides(args, width, images, VARIANTS[name])))
                 rates[name].append(result.history[-1]["images_per_s"])
                 startups[name].append(result.startup_s)
+                precisions[name] = result.precision
             print(f"width {width}, round {rep + 1}/{args.reps}: " + ", ".join(
                 f"{name} {r[-1]:.0f} img/s" for name, r in rates.items()), flush=True)
         ref = rates["reference"]
@@ -345,6 +347,7 @@ def run(args) -> dict:
             # train() call to the end of the first step: the first run of a variant pays the cold
             # start (compilation), the rest reuse the process's caches; overhead = start-up minus
             # the time of one steady step
+            "precision": precisions,  # what each loop trained in (auto resolves per machine)
             "in_process_startup_s": {name: {"first": s[0], "cached": s[1:]}
                                      for name, s in startups.items()},
             "in_process_overhead_s": {
@@ -364,7 +367,7 @@ def table(report: dict) -> str:
              f"{report['blocks']}, {report['reps']} rounds; CIFAR-10 loaded in "
              f"{report['data_load_s']:.1f} s; measured peak {peak['flops'] / 1e9:.0f} GFLOP/s "
              f"({peak['dtype']})",
-             f"{'width':>5}  {'variant':<16}{'img/s (median)':>15}  {'x reference: median [min, max]':<31}"
+             f"{'width':>5}  {'variant':<23}{'img/s (median)':>15}  {'x reference: median [min, max]':<31}"
              f"{'% of peak':>10}{'start-up s: first / cached':>28}{'overhead s':>12}"]
     for width, w in report["widths"].items():
         for name, rate in w["images_per_s"].items():
@@ -377,17 +380,19 @@ def table(report: dict) -> str:
                 startup = f"{s['first']:.2f} / {cached}"
                 overhead = f"{w['in_process_overhead_s'][name]:.2f}"
             share = f"{100 * w['share_of_peak'][name]:.0f}"
-            lines.append(f"{width:>5}  {name:<16}{rate['median']:>15.0f}  {ratio:<31}{share:>10}"
+            precision = w.get("precision", {}).get(name)  # absent from earlier reports
+            label = f"{name} ({precision})" if precision else name
+            lines.append(f"{width:>5}  {label:<23}{rate['median']:>15.0f}  {ratio:<31}{share:>10}"
                          f"{startup:>28}{overhead:>12}")
         c = w["convolutions"]
         if "error" in c:
-            lines.append(f"{width:>5}  {'(convs only)':<16}not measured: {c['error'][:80]}")
+            lines.append(f"{width:>5}  {'(convs only)':<23}not measured: {c['error'][:80]}")
         else:
-            lines.append(f"{width:>5}  {'(convs only)':<16}"
+            lines.append(f"{width:>5}  {'(convs only)':<23}"
                          f"{report['batch_size'] / c['convolutions_s']:>15.0f}  "
                          f"{c['ceiling_ratio']:<31.2f}{'':>10}   <- ceiling: convolutions take "
                          f"{100 * c['convolutions_s'] / c['step_s']:.0f} % of a step")
-        lines.append(f"{width:>5}  {'(at the peak)':<16}{'':>15}  {w['ceiling_ratio']:<31.2f}{100:>10}"
+        lines.append(f"{width:>5}  {'(at the peak)':<23}{'':>15}  {w['ceiling_ratio']:<31.2f}{100:>10}"
                      f"   <- ceiling: {w['train_flops_per_image'] / 1e9:.3f} GFLOP per training image")
     if "fresh_process" in report:
         f = report["fresh_process"]

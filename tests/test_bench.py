@@ -19,6 +19,7 @@ def test_bench_writes_json_and_prints_a_table(cifar_root, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
+    default = str(autocast_dtype("auto", torch.device("cpu")) or torch.float32)[6:]  # per CPU
     width = report["widths"]["4"]
     assert width["images_per_epoch"] == 64
     for name in ("reference", "sweeper", "sweeper-eager"):
@@ -29,10 +30,12 @@ def test_bench_writes_json_and_prints_a_table(cifar_root, tmp_path):
     assert ratio["values"] == [a / b for a, b in zip(width["images_per_s"]["sweeper"]["values"],
                                                        width["images_per_s"]["reference"]["values"])]
     assert len(width["in_process_startup_s"]["sweeper"]["cached"]) == 1
+    ours = {"float32": "fp32", "bfloat16": "bf16"}[default]
+    assert width["precision"] == {"reference": "fp32", "sweeper": ours, "sweeper-eager": ours}
     # the ceilings: the peak is a real rate, and no loop can beat a loop of convolutions alone
     peak = report["peak"]
     assert peak["flops"] == max(peak["by_kernel"].values()) > 0
-    assert peak["dtype"] == str(autocast_dtype("auto", torch.device("cpu")) or torch.float32)[6:]
+    assert peak["dtype"] == default
     assert width["train_flops_per_image"] > 0 and width["ceiling_ratio"] > 0
     conv = width["convolutions"]
     assert 0 < conv["convolutions_s"] < conv["step_s"]
@@ -43,7 +46,7 @@ def test_bench_writes_json_and_prints_a_table(cifar_root, tmp_path):
     fresh = report["fresh_process"]
     assert 0 < fresh["in_train_to_first_step_s"] < fresh["launch_to_first_step_s"] < fresh["whole_run_s"]
     assert report["data_load_s"] > 0 and report["device"].startswith("cpu")
-    assert "x reference" in proc.stdout and "sweeper-eager" in proc.stdout
+    assert "x reference" in proc.stdout and f"sweeper-eager ({ours})" in proc.stdout
     assert "(convs only)" in proc.stdout and "(at the peak)" in proc.stdout
 
 
@@ -76,7 +79,7 @@ def test_bench_survives_a_failing_profiler(cifar_root, monkeypatch):
     width = report["widths"]["4"]
     assert width["convolutions"] == {"error": "RuntimeError: CUPTI not found"}
     assert width["images_per_s"]["sweeper"]["median"] > 0 and width["ceiling_ratio"] > 0
-    assert "(convs only)    not measured: RuntimeError: CUPTI not found" in bench.table(report)
+    assert "(convs only)" + " " * 11 + "not measured: RuntimeError: CUPTI not found" in bench.table(report)
 
 
 def test_default_variants_add_fp32_where_the_cpu_defaults_to_bf16(monkeypatch):
