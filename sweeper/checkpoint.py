@@ -23,9 +23,11 @@ from sweeper.errors import SweeperError
 
 FILE = "checkpoint.pt"
 # Settings that may differ between the killed run and its resumption: where and how it runs,
-# what it logs, and where it records.
-_FREE = {"trainer.resume", "trainer.checkpoint", "trainer.device", "trainer.log_every",
-         "trainer.save_model", "trainer.eval_batch_size", "data.root", "data.download"}
+# what it logs, and where it records. Device, precision, compile and channels_last are compared
+# as they resolved (`resolved.*`): trainer.precision=fp32 resumes a run whose auto meant fp32.
+_FREE = {"trainer.resume", "trainer.checkpoint", "trainer.device", "trainer.precision",
+         "trainer.compile", "trainer.channels_last", "trainer.log_every", "trainer.save_model",
+         "trainer.eval_batch_size", "data.root", "data.download"}
 
 
 class CheckpointError(SweeperError):
@@ -90,7 +92,8 @@ _PRECISIONS = {"None": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"
 
 
 def _machine_refusal(path: Path, key: str, written: Any, wanted: Any) -> str:
-    """A refusal for a setting that auto/null resolves per machine, naming the override to use."""
+    """A refusal for a setting that auto/null resolves per machine (and per version of this
+    code), naming the override that resumes it."""
     name = key.removeprefix("resolved.")
 
     def setting(value: Any) -> str:
@@ -98,9 +101,9 @@ def _machine_refusal(path: Path, key: str, written: Any, wanted: Any) -> str:
             return _PRECISIONS.get(value, str(value))
         return str(value).lower()  # compile and channels_last: true/false; device: cpu/cuda
 
-    return (f"{path} was written by a run with trainer.{name}={setting(written)} (its default on "
-            f"that machine), not {setting(wanted)}; resume with trainer.{name}={setting(written)}, "
-            f"or use another output directory")
+    return (f"{path} was written by a run with trainer.{name}={setting(written)} (as it resolved "
+            f"then), not {setting(wanted)}; resume with trainer.{name}={setting(written)}, or use "
+            f"another output directory")
 
 
 def snapshot(cfg, runtime: dict[str, Any], parts: dict, gen: torch.Generator, **progress) -> dict:

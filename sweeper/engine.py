@@ -206,13 +206,19 @@ def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedM
 
 
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast trains faster than fp32 on `device`: on CUDA, and on CPUs with AMX
-    (Intel's matrix tiles, which oneDNN's bf16 convolutions use). Without AMX it is slower: several
-    times on AVX2 CPUs, 1.4-1.5x even on AVX-512 CPUs with native bf16 dot products (README)."""
-    if device.type == "cuda":
-        return True
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: absent means unknown
-    return device.type == "cpu" and amx is not None and bool(amx())
+    """Whether bf16 autocast trains faster than fp32 on `device`: on CUDA GPUs with native bf16
+    (Ampere and later), and on CPUs with AMX (Intel's matrix tiles, which oneDNN's bf16
+    convolutions use). Without AMX it is slower: several times on AVX2 CPUs, 1.4-1.5x even on
+    AVX-512 CPUs with native bf16 dot products (README)."""
+    if device.type == "cuda":  # natively from Ampere on; emulated, and slow, before
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # a torch without the argument
+            return torch.cuda.is_bf16_supported()
+    # private functions (absent: unknown, so fp32): the CPU has AMX, and the kernel lets us use it
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    usable = getattr(torch.cpu, "_init_amx", lambda: True)
+    return device.type == "cpu" and amx is not None and bool(amx()) and bool(usable())
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -300,7 +306,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     amp = autocast_dtype(tr.precision, device)
     if device.type == "cpu" and amp is not None and not (amp is torch.bfloat16 and fast_bf16(device)):
         log.warning("trainer.precision=%s on this CPU: usually slower than fp32, often several "
-                    "times (trainer.precision=auto uses fp32 here)", tr.precision)
+                    "times (trainer.precision=auto uses %s here)", tr.precision,
+                    "bf16" if fast_bf16(device) else "fp32")
     model, forward = build_compiled(cfg.model, device, channels_last, use_compile)
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
     log.info("Precision %s, channels_last %s, compile %s", precision,

@@ -18,10 +18,15 @@ log = logging.getLogger(__name__)
 TrialState = optuna.trial.TrialState
 
 
+def results_of(ret: Any) -> dict:
+    """A finished Hydra job's results.json ({} when it wrote none)."""
+    path = Path(ret.hydra_cfg.hydra.runtime.output_dir) / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def outcome(ret: Any, objectives: list[str]) -> tuple[TrialState, list[float] | None, str]:
     """(state, objective values, reason) of a finished Hydra job, from its results.json."""
-    results_path = Path(ret.hydra_cfg.hydra.runtime.output_dir) / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results = results_of(ret)
     status = results.get("status")
     if status == "completed":
         try:

@@ -8,7 +8,8 @@ import os
 # thread per core, and OpenMP's spinning threads fight over them: `make test` took 5 min 46 s so,
 # 3 min 33 s with one thread each on 2 cores). Before torch is imported; CLI runs inherit it.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (_cores or 1)
                                             // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 import pickle
@@ -61,6 +62,17 @@ def make_cifar(root: Path, seed: int = 0) -> Path:
         write_batch(folder / name, *synthetic_batch(TRAIN_PER_BATCH, palette, rng))
     write_batch(folder / TEST_FILE, *synthetic_batch(TEST_IMAGES, palette, rng))
     return root
+
+
+def fake_amx(monkeypatch, present: bool | None) -> None:
+    """Make this CPU one with usable AMX, one without, or (None) one torch cannot tell about."""
+    import torch
+
+    if present is None:
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: present)
+        monkeypatch.setattr(torch.cpu, "_init_amx", lambda: present, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -84,9 +84,10 @@ def test_bench_survives_a_failing_profiler(cifar_root, monkeypatch):
 
 def test_default_variants_add_fp32_where_the_cpu_defaults_to_bf16(monkeypatch):
     from sweeper.bench import parse_args
+    from tests.conftest import fake_amx
 
     for amx, variants in ((True, ["sweeper", "sweeper-compile", "sweeper-fp32"]),
                           (False, ["sweeper", "sweeper-compile"])):
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        fake_amx(monkeypatch, amx)
         assert parse_args(["--device", "cpu"]).variants == variants
     assert parse_args(["--device", "cpu", "--variants", "sweeper"]).variants == ["sweeper"]

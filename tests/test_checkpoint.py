@@ -76,18 +76,24 @@ def test_resume_into_other_settings_is_refused(tiny_cfg, tmp_path):
 def test_resume_on_a_machine_with_other_defaults_names_the_setting(tiny_cfg, tmp_path,
                                                                   monkeypatch):
     # written where precision=auto meant fp32 (a CPU without AMX), resumed where it means bf16
+    from tests.conftest import fake_amx
+
     tiny_cfg.trainer.epochs = 3
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    fake_amx(monkeypatch, False)
     with pytest.raises(Interrupt):
         train(tiny_cfg, out_dir=tmp_path, on_epoch=stop_after(1))
     tiny_cfg.trainer.resume = True
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    fake_amx(monkeypatch, True)
     with pytest.raises(CheckpointError) as refused:
         train(tiny_cfg, out_dir=tmp_path)
     assert str(refused.value) == (
-        f"{tmp_path / 'checkpoint.pt'} was written by a run with trainer.precision=fp32 (its "
-        f"default on that machine), not bf16; resume with trainer.precision=fp32, or use another "
-        f"output directory")
+        f"{tmp_path / 'checkpoint.pt'} was written by a run with trainer.precision=fp32 (as it "
+        f"resolved then), not bf16; resume with trainer.precision=fp32, or use another output "
+        f"directory")
+    tiny_cfg.trainer.precision = "fp32"  # as the message says: it resumes
+    result = train(tiny_cfg, out_dir=tmp_path)
+    assert result.status == "completed" and result.epochs_completed == 3
+    assert result.precision == "fp32" and len(result.history) == 3
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])

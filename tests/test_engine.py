@@ -170,24 +170,34 @@ def test_training_on_cpu_reuses_freed_memory(cifar_root, env, kept):
 @pytest.fixture(params=[True, False, None], ids=["amx", "no-amx", "unknown"])
 def amx(request, monkeypatch):
     """A CPU with AMX, one without, and a torch that cannot tell (no such private function)."""
-    import torch
+    from tests.conftest import fake_amx
 
-    if request.param is None:
-        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    else:
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: request.param)
+    fake_amx(monkeypatch, request.param)
     return bool(request.param)
 
 
-def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_amx(amx):
+def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_amx(amx, monkeypatch):
     import torch
 
     from sweeper.engine import autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype("auto", cpu) is (torch.bfloat16 if amx else None)
-    assert autocast_dtype("auto", cuda) is torch.bfloat16
     assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+    for native in (True, False):  # Ampere and later; a T4 only emulates bf16
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, native=native: native)
+        assert autocast_dtype("auto", cuda) is (torch.bfloat16 if native else None)
+
+
+def test_amx_the_kernel_does_not_enable_means_fp32(monkeypatch):
+    import torch
+
+    from sweeper.engine import autocast_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: False, raising=False)
+    assert autocast_dtype("auto", torch.device("cpu")) is None
 
 
 def test_bf16_on_a_cpu_without_amx_warns_and_trains(tiny_cfg, amx, caplog):

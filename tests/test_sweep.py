@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from sweeper.engine import autocast_dtype
 from sweeper.trial import storage
 from tests.conftest import CONF, runs_of
 
@@ -26,6 +27,16 @@ def sweep_args(cifar_root, tmp_path, *overrides, n_trials=3):
             "data.train_size=null", "data.test_size=null", "model.width=4", "trainer.batch_size=32",
             "tracking=off", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
             f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.sweeper.n_trials={n_trials}", *overrides]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _cpu_with(threads: int) -> str:
+    """results.json's device for a CPU run with `threads` threads (at least 1)."""
+    threads = max(1, threads)
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
 
 
 def sweep(args, cwd, timeout=300, env=None):
@@ -48,6 +59,9 @@ def test_trials_have_integer_stage_params_and_per_epoch_values(cifar_root, tmp_p
         assert isinstance(t.params["model.blocks.0"], int) and 1 <= t.params["model.blocks.3"] <= 2
         assert sorted(t.intermediate_values) == [1, 2, 3]
         assert t.intermediate_values[3] == pytest.approx(t.value)
+        auto = autocast_dtype("auto", torch.device("cpu"))  # where it ran: auto differs per CPU
+        assert t.user_attrs["precision"] == ("bf16" if auto else "fp32")
+        assert t.user_attrs["device"] == _cpu_with(torch.get_num_threads())
         assert (tmp_path / "multirun" / str(t.number) / "results.json").is_file()  # job num = trial
     results = (tmp_path / "multirun" / "optimization_results.yaml").read_text()
     assert "best_params" in results and "model.blocks.0" in results
@@ -102,6 +116,21 @@ def test_too_many_failures_stop_the_sweep_with_one_line(cifar_root, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 trials failed in this run")
     states = [t.state for t in study_of(tmp_path).trials]
     assert states[-1] == TrialState.FAIL and TrialState.FAIL not in states[:-1]  # stopped at once
+
+
+def test_trials_in_other_precisions_are_pointed_out(cifar_root, tmp_path):
+    # trial 0 as if it had run on a machine where trainer.precision=auto meant something else
+    args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none", "trainer.epochs=1",
+                      n_trials=1)
+    assert sweep(args, tmp_path).returncode == 0
+    [first] = study_of(tmp_path).trials
+    study_of(tmp_path).add_trial(optuna.trial.create_trial(
+        params=first.params, distributions=first.distributions, value=first.value,
+        user_attrs={**first.user_attrs, "precision": "fp16"}))
+    proc = sweep([*args, "hydra.sweeper.n_trials=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Trial 2 trained in" in proc.stdout + proc.stderr
+    assert "other trials of this study in fp16" in proc.stdout + proc.stderr
 
 
 def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_path):
@@ -242,10 +271,9 @@ def test_two_workers_share_one_study_without_duplicates(cifar_root, mlflow_uri, 
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes ran trials
     assert (tmp_path / "multirun" / "worker-1.log").is_file()
-    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared out, not 2 pools each
-    for t in trials:
+    for t in trials:  # the cores shared out, not a thread pool per core in each worker
         results = json.loads((tmp_path / "multirun" / str(t.number) / "results.json").read_text())
-        assert results["device"] == f"cpu ({threads} thread{'s' if threads > 1 else ''})"
+        assert results["device"] == _cpu_with(_cores() // 2)
     _, runs = runs_of(mlflow_uri)  # trials of both processes are children of the one parent
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -340,7 +368,7 @@ def test_workers_on_postgresql_share_one_study_exactly(cifar_root, tmp_path):
 def _worker(args, cwd):
     """One sweep worker, as a user starts it, with the README's OMP_NUM_THREADS for several workers
     on one machine (2 test workers on CI's 2 cores); its output is read at the end."""
-    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    threads = str(max(1, _cores() // 2))
     return subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=cwd,
                             env={**os.environ, "OMP_NUM_THREADS": threads},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -471,13 +499,18 @@ def test_each_sampler_runs_a_sweep(cifar_root, tmp_path, sampler):
 @pytest.mark.slow
 def test_launcher_local_runs_each_trial_as_a_submitit_job(cifar_root, tmp_path):
     """launcher=slurm's code path (Hydra's submitit launcher) on this machine, without a cluster."""
-    proc = sweep(sweep_args(cifar_root, tmp_path, "launcher=local", n_trials=2), tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # the sweeper's choice
+    proc = sweep(sweep_args(cifar_root, tmp_path, "launcher=local", "hydra.sweeper.n_jobs=2",
+                            n_trials=2), tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = study_of(tmp_path).trials
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     jobs = [p for p in (tmp_path / "multirun" / ".submitit").iterdir() if p.name.isdigit()]
     assert len(jobs) == 2 and all(list(job.glob("*_result.pkl")) for job in jobs)
+    for t in trials:  # two local jobs at a time: each got its share of the cores
+        results = json.loads((tmp_path / "multirun" / str(t.number) / "results.json").read_text())
+        assert results["device"] == _cpu_with(_cores() // 2)
 
 
 def test_launcher_slurm_composes_to_submitit():
@@ -524,3 +557,7 @@ def test_local_workers_share_the_cores_out(monkeypatch):
     assert [_threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [None, 4, 2, 1, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
     assert _threads_per_worker(2) is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: all the CPUs
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert _threads_per_worker(2) == 3

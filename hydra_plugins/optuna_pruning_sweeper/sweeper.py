@@ -211,9 +211,12 @@ class OptunaPruningSweeper(Sweeper):
 
         cfg = job_cfg.copy()
         cfg.data.root = str(Path(str(cfg.data.root)).absolute())
+        preflight(cfg, local=self._jobs_run_here())
+
+    def _jobs_run_here(self) -> bool:
+        """Whether trials run on this machine: in this process, or as submitit's local jobs."""
         launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_"))
-        local = launcher.endswith(("BasicLauncher", "LocalLauncher"))  # jobs run on this machine
-        preflight(cfg, local=local)
+        return launcher.endswith(("BasicLauncher", "LocalLauncher"))
 
     def _check_recipe(self, study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
         """A study holds trials of one recipe: the settings every trial shares. The first run
@@ -282,16 +285,15 @@ class OptunaPruningSweeper(Sweeper):
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s", self.study_name,
                  redact(str(self.storage)), len(study.trials), self.n_trials,
                  type(study.sampler).__name__, self.pruner_cfg.name)
-        in_process = str(OmegaConf.select(self.config, "hydra.launcher._target_")).endswith(
-            "BasicLauncher")  # a launcher's jobs run elsewhere, with their own cores
-        threads = _threads_per_worker(1 if worker or not in_process else self.n_jobs)
+        threads = _threads_per_worker(1 if worker or not self._jobs_run_here() else self.n_jobs)
         if threads is not None:
             import torch
 
-            torch.set_num_threads(threads)  # this process's trials run in it
+            torch.set_num_threads(threads)  # for the trials run in this process
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # for the workers' and submitit's jobs
             log.info("n_jobs=%d: %d CPU thread(s) per worker, the cores shared out (set "
                      "OMP_NUM_THREADS to choose)", self.n_jobs, threads)
-        helpers = [] if worker else self._start_workers(sweep_dir, parent, threads)
+        helpers = [] if worker else self._start_workers(sweep_dir, parent)
         allowed_failures = math.floor(self.max_failure_rate * self.n_trials)
         failed_before = _count_failures(study)  # an earlier run's failures, fixed since: not counted
         try:
@@ -382,6 +384,7 @@ class OptunaPruningSweeper(Sweeper):
             _tell(study, trial, state=TrialState.FAIL)
             raise
         state, values, reason = sweep_report.outcome(ret, self.objectives)
+        self._record_machine(study, trial, sweep_report.results_of(ret))
         if len(self.directions) > 1 and state == TrialState.PRUNED:
             state = TrialState.FAIL  # Optuna prunes single-objective studies only
         if reason:
@@ -390,18 +393,32 @@ class OptunaPruningSweeper(Sweeper):
         log.info("Trial %d: %s%s", trial.number, state.name,
                  f" {values}" if state == TrialState.COMPLETE else f" ({reason})")
 
-    def _start_workers(self, sweep_dir: Path, parent,
-                       threads: int | None) -> list[subprocess.Popen]:
-        """n_jobs - 1 more processes running this same command on the same study and sweep dir,
-        each with `threads` intra-op CPU threads (None: the library's default)."""
+    @staticmethod
+    def _record_machine(study: optuna.Study, trial: optuna.Trial, results: dict) -> None:
+        """Record where the trial ran: trainer.precision=auto (bf16 or fp32) and the thread count
+        differ per machine, so trials of one study (resumed elsewhere, or workers on mixed
+        machines) may have trained in different precisions; say so when they did."""
+        precision = results.get("precision")
+        if not precision:
+            return
+        trial.set_user_attr("precision", precision)
+        trial.set_user_attr("device", results.get("device", ""))
+        others = {t.user_attrs.get("precision") for t in study.get_trials(deepcopy=False)
+                  if t.number != trial.number} - {None, precision}
+        if others:
+            log.warning("Trial %d trained in %s, other trials of this study in %s (trainer."
+                        "precision=auto resolves per machine): their speeds differ, and their "
+                        "accuracies may; set trainer.precision to compare like with like",
+                        trial.number, precision, ", ".join(sorted(others)))
+
+    def _start_workers(self, sweep_dir: Path, parent) -> list[subprocess.Popen]:
+        """n_jobs - 1 more processes running this same command on the same study and sweep dir."""
         argv = [a for a in sys.orig_argv[1:]]
         extra = [f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.study_name={self.study_name}",
                  "hydra.sweeper.n_jobs=1"]
         env = {**os.environ, "SWEEPER_WORKER": "1"}
         if parent is not None:
             env["SWEEPER_PARENT_RUN_ID"] = parent.run_id
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = str(threads)
         procs = []
         for i in range(1, self.n_jobs):
             out = open(sweep_dir / f"worker-{i}.log", "w")
