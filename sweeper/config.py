@@ -75,7 +75,7 @@ class TrainerConfig:
     epochs: int = 30  # passes over the training split
     batch_size: int = 128  # images per optimizer step
     device: str = "auto"  # auto | cpu | cuda (auto = cuda when available)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto = bf16 on cuda and AMX CPUs, else fp32)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native, else fp32)
     channels_last: bool | None = None  # NHWC memory format (null = on: faster on cuda and cpu)
     compile: bool | None = None  # torch.compile the model (null = on for cuda only)
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
