@@ -165,14 +165,17 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
             _check_option(override, group, _SAMPLERS)
         if group.startswith(_SWEEPER) and not override.is_delete():
             _check_sweeper_key(override)
-        if override.is_delete() or group.startswith("hydra"):
+        if group.startswith("hydra") or (override.is_delete() and folders):
             continue
         if not folders:
             if schema is None:
                 from omegaconf import OmegaConf
 
                 schema = OmegaConf.structured(Config)
-            _check_key(override, schema)
+            if override.is_delete():
+                _check_deletable(override, schema)
+            else:
+                _check_key(override, schema)
             continue
         _check_option(override, group, sorted({p.stem for f in folders for p in f.glob("*.yaml")}))
 
@@ -180,6 +183,17 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
 # The samplers of the official Optuna sweeper (group hydra/sweeper/sampler) that Optuna 3+ has.
 _SAMPLERS = ["cmaes", "gp", "grid", "nsgaii", "nsgaiii", "qmc", "random", "tpe"]
 _SWEEPER = "hydra.sweeper."
+
+
+def _check_deletable(override: Any, schema: Any) -> None:
+    """`~key` of a field of the typed config: a run cannot do without it (Hydra says so over five
+    lines). Keys the schema does not have (`+note=...` ones) are left to Hydra."""
+    from omegaconf import OmegaConf
+
+    key = override.key_or_group
+    if OmegaConf.select(schema, key, default=_ABSENT) is not _ABSENT:
+        raise ConfigError(f"~{key} is invalid: {key} is a field of the typed config and cannot be "
+                          f"deleted; set it instead ({key}=<value>)")
 
 
 def _check_option(override: Any, group: str, allowed: list[str]) -> None:

@@ -107,6 +107,8 @@ BAD_INPUTS = {
     "malformed override": (["model.blocks=[2,2"], "cannot parse the override 'model.blocks=[2,2'", 2),
     "misspelt key": (["model.blok=3"], "model.blok is not a config key (did you mean model.blocks?)", 2),
     "wrong type": (["trainer.epochs=abc"], "trainer.epochs=abc is invalid: an int", 2),
+    "deleted field": (["~model.width"], "~model.width is invalid: model.width is a field of the "
+                      "typed config and cannot be deleted; set it instead", 2),
     "unknown group option": (["model=resnet99"], "model=resnet99 is invalid: allowed values are "
                              "preact18, preact34, tiny", 2),
     "read-only output dir": ([], "is not writable", 1),
