@@ -221,10 +221,18 @@ def fast_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and amx is not None and bool(amx()) and bool(usable())
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """trainer.precision as it trains on `device`: fp32, bf16 or fp16 (auto: bf16 where fast)."""
     if precision == "auto":
-        precision = "bf16" if fast_bf16(device) else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    return _AUTOCAST[resolve_precision(precision, device)]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -303,13 +311,12 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     gen = torch.Generator(device).manual_seed(cfg.seed)
     runtime = runtime_of(cfg, device)
     channels_last, use_compile = runtime["channels_last"], runtime["compile"]
-    amp = autocast_dtype(tr.precision, device)
-    if device.type == "cpu" and amp is not None and not (amp is torch.bfloat16 and fast_bf16(device)):
+    precision, auto = resolve_precision(tr.precision, device), resolve_precision("auto", device)
+    amp = _AUTOCAST[precision]
+    if device.type == "cpu" and precision not in ("fp32", auto):
         log.warning("trainer.precision=%s on this CPU: usually slower than fp32, often several "
-                    "times (trainer.precision=auto uses %s here)", tr.precision,
-                    "bf16" if fast_bf16(device) else "fp32")
+                    "times (trainer.precision=auto uses %s here)", tr.precision, auto)
     model, forward = build_compiled(cfg.model, device, channels_last, use_compile)
-    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
     log.info("Precision %s, channels_last %s, compile %s", precision,
              str(channels_last).lower(), str(use_compile).lower())
     result = Result(status="running", n_params=count_parameters(model), device=describe(device),

@@ -24,9 +24,10 @@ def results_of(ret: Any) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def outcome(ret: Any, objectives: list[str]) -> tuple[TrialState, list[float] | None, str]:
-    """(state, objective values, reason) of a finished Hydra job, from its results.json."""
-    results = results_of(ret)
+def outcome(ret: Any, results: dict,
+            objectives: list[str]) -> tuple[TrialState, list[float] | None, str]:
+    """(state, objective values, reason) of a finished Hydra job, from its results.json
+    (`results_of(ret)`)."""
     status = results.get("status")
     if status == "completed":
         try:

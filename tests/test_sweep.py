@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from hydra_plugins.optuna_pruning_sweeper.sweeper import cores
 from sweeper.engine import autocast_dtype
 from sweeper.trial import storage
 from tests.conftest import CONF, runs_of
@@ -27,10 +28,6 @@ def sweep_args(cifar_root, tmp_path, *overrides, n_trials=3):
             "data.train_size=null", "data.test_size=null", "model.width=4", "trainer.batch_size=32",
             "tracking=off", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
             f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.sweeper.n_trials={n_trials}", *overrides]
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _cpu_with(threads: int) -> str:
@@ -273,7 +270,7 @@ def test_two_workers_share_one_study_without_duplicates(cifar_root, mlflow_uri, 
     assert (tmp_path / "multirun" / "worker-1.log").is_file()
     for t in trials:  # the cores shared out, not a thread pool per core in each worker
         results = json.loads((tmp_path / "multirun" / str(t.number) / "results.json").read_text())
-        assert results["device"] == _cpu_with(_cores() // 2)
+        assert results["device"] == _cpu_with(cores() // 2)
     _, runs = runs_of(mlflow_uri)  # trials of both processes are children of the one parent
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -368,7 +365,7 @@ def test_workers_on_postgresql_share_one_study_exactly(cifar_root, tmp_path):
 def _worker(args, cwd):
     """One sweep worker, as a user starts it, with the README's OMP_NUM_THREADS for several workers
     on one machine (2 test workers on CI's 2 cores); its output is read at the end."""
-    threads = str(max(1, _cores() // 2))
+    threads = str(max(1, cores() // 2))
     return subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=cwd,
                             env={**os.environ, "OMP_NUM_THREADS": threads},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -510,7 +507,7 @@ def test_launcher_local_runs_each_trial_as_a_submitit_job(cifar_root, tmp_path):
     assert len(jobs) == 2 and all(list(job.glob("*_result.pkl")) for job in jobs)
     for t in trials:  # two local jobs at a time: each got its share of the cores
         results = json.loads((tmp_path / "multirun" / str(t.number) / "results.json").read_text())
-        assert results["device"] == _cpu_with(_cores() // 2)
+        assert results["device"] == _cpu_with(cores() // 2)
 
 
 def test_launcher_slurm_composes_to_submitit():

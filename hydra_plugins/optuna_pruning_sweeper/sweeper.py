@@ -383,8 +383,9 @@ class OptunaPruningSweeper(Sweeper):
             trial.set_user_attr("reason", "interrupted")
             _tell(study, trial, state=TrialState.FAIL)
             raise
-        state, values, reason = sweep_report.outcome(ret, self.objectives)
-        self._record_machine(study, trial, sweep_report.results_of(ret))
+        results = sweep_report.results_of(ret)  # read once: the outcome and where it ran
+        state, values, reason = sweep_report.outcome(ret, results, self.objectives)
+        self._record_machine(study, trial, results)
         if len(self.directions) > 1 and state == TrialState.PRUNED:
             state = TrialState.FAIL  # Optuna prunes single-objective studies only
         if reason:
@@ -440,8 +441,14 @@ def _threads_per_worker(n_jobs: int) -> int | None:
     """
     if n_jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // n_jobs)
+    return max(1, cores() // n_jobs)
+
+
+def cores() -> int:
+    """The CPUs this process may run on (all of them where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 # Numbers in a trial's results.json that a sweep may optimize (sweeper.engine.Result).
 OBJECTIVES = ("val/acc", "test/acc", "n_params", "train_time_s", "images_per_s", "startup_s")
 # Settings that change how a trial runs or is recorded, not what it measures: a study's recipe
