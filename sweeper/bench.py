@@ -206,6 +206,10 @@ def convolution_time(blocks: list[int], width: int, batch_size: int, device: tor
     """Seconds per training step spent in the model's convolutions, and in the whole step."""
     from torch.profiler import ProfilerActivity, profile
 
+    # Kineto, the profiler's backend, otherwise prints "USDT: profiler_start" lines and, on a CPU
+    # with a CUDA build of torch, "ERROR: gpuGetDeviceCount failed" into the table; its real
+    # failures still raise. Read when the profiler first starts; a user's own setting is kept.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = PreActResNet(blocks, width).to(device, memory_format=fmt)

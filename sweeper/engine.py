@@ -194,8 +194,16 @@ def build_compiled(cfg, device: torch.device, channels_last: bool,
     if not use_compile:
         return model, model
     _compiled.clear()
+    if device.type == "cpu":  # the C++ toolchain lookup warns of CUDA, which a CPU run never uses
+        logging.getLogger("torch.utils.cpp_extension").addFilter(_not_cuda_runtime)
     _compiled[key] = model, torch.compile(model)
     return _compiled[key]
+
+
+def _not_cuda_runtime(record: logging.LogRecord) -> bool:
+    """Drops "No CUDA runtime is found, using CUDA_HOME=...", logged when inductor looks for its
+    compiler on a machine with a CUDA toolkit and no GPU."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
 
 
 def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:

@@ -117,13 +117,17 @@ def test_startup_is_timed(tiny_cfg):
     assert before < result.first_step_at < time.time()
 
 
-def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(tiny_cfg):
-    """Same shape: the compiled module is reused, with fresh weights; the runs train alike."""
+def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(tiny_cfg, capfd):
+    """Same shape: the compiled module is reused, with fresh weights; the runs train alike.
+
+    And compiling for a CPU does not warn of CUDA (torch does, where a CUDA toolkit is installed).
+    """
     from sweeper.engine import _compiled
 
     tiny_cfg.trainer.compile = True
     tiny_cfg.trainer.epochs = 1
     first = train(tiny_cfg)
+    assert "No CUDA runtime" not in capfd.readouterr().err
     compiled = next(iter(_compiled.values()))[1]
     second = train(tiny_cfg)
     assert next(iter(_compiled.values()))[1] is compiled
