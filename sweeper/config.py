@@ -158,12 +158,16 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
                     return  # a package on the search path: leave the options to Hydra
                 dirs.append(Path(str(entry)[len("file://"):]))
     schema = None  # the typed config, built for the first plain key=value override
+    samplers = [o.value() for o in parsed if o.key_or_group == "hydra/sweeper/sampler"
+                and not o.is_delete() and not o.is_sweep_override() and o.value() in _SAMPLERS]
     for override in parsed:
         group = override.key_or_group
         folders = [d / group for d in dirs if (d / group).is_dir()]
         if group == "hydra/sweeper/sampler" and not override.is_delete():
             _check_option(override, group, _SAMPLERS)
-        if group.startswith(_SWEEPER) and not override.is_delete():
+        if group.startswith(_SWEEPER + "sampler.") and not override.is_delete():
+            _check_sampler_key(override, samplers[-1:] or _SAMPLERS)
+        elif group.startswith(_SWEEPER) and not override.is_delete():
             _check_sweeper_key(override)
         if group.startswith("hydra") or (override.is_delete() and folders):
             continue
@@ -221,6 +225,34 @@ def _check_sweeper_key(override: Any) -> None:
     schema = OmegaConf.structured(OptunaPruningSweeperConf)
     if OmegaConf.select(schema, override.key_or_group[len(_SWEEPER):], default=_ABSENT) is not _ABSENT:
         _check_key(override, schema, prefix=_SWEEPER)
+
+
+def _check_sampler_key(override: Any, samplers: list[str]) -> None:
+    """`hydra.sweeper.sampler.<field>=value`: a field of the sampler chosen on the command line, or,
+    where the sampler comes from a preset (not known before composing), of any sampler."""
+    import difflib
+
+    import hydra_plugins.hydra_optuna_sweeper.config  # noqa: F401  (stores the samplers' configs)
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    key = override.key_or_group[len(_SWEEPER + "sampler."):]
+    field = key.split(".")[0]
+    schemas = [OmegaConf.structured(ConfigStore.instance().load(
+        f"hydra/sweeper/sampler/{name}.yaml").node) for name in samplers]
+    for schema in schemas:
+        if field in schema:
+            _check_key(override, schema, prefix=_SWEEPER + "sampler.")
+            return
+    if override.is_add() or override.is_force_add():
+        return  # `+hydra.sweeper.sampler.x=...`: Hydra says whether the sampler takes it
+    fields = sorted({str(k) for schema in schemas for k in schema if not str(k).startswith("_")})
+    guess = difflib.get_close_matches(field, fields, n=1)
+    hint = f" (did you mean {_SWEEPER}sampler.{guess[0]}?)" if guess else ""
+    if len(samplers) > 1:
+        raise ConfigError(f"{override.key_or_group} is not a key of any Optuna sampler{hint}")
+    raise ConfigError(f"{override.key_or_group} is not a config key{hint}: the {samplers[0]} "
+                      f"sampler has {', '.join(fields)}")
 
 
 _TYPE_NAMES = {int: "an int", float: "a float", bool: "true or false", str: "a string"}

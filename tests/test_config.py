@@ -158,6 +158,9 @@ def test_a_typo_inside_a_preset_file_fails_at_compose_time(tmp_path):
     ("hydra.sweeper.n_trials=abc", "hydra.sweeper.n_trials=abc is invalid: an int"),
     ("trainer.tta=maybe", "trainer.tta=maybe is invalid: true or false"),
     ("model.width=4,abc", "model.width=abc is invalid: an int"),
+    ("hydra.sweeper.sampler.seed=abc", "hydra.sweeper.sampler.seed=abc is invalid: an int or null"),
+    ("hydra.sweeper.sampler.seeed=1", "hydra.sweeper.sampler.seeed is not a key of any Optuna "
+                                      "sampler (did you mean hydra.sweeper.sampler.seed?)"),
 ])
 def test_check_overrides_names_an_unknown_key_or_a_wrong_type_in_one_line(override, message):
     with pytest.raises(ConfigError) as info:
@@ -170,6 +173,17 @@ def test_check_overrides_names_an_unknown_key_or_a_wrong_type_in_one_line(overri
     "optimizer.lr=1e-3", "optimizer=adamw", "+extra=1", "model.width=16,32", "seed=${oc.env:SEED,0}",
     "model.blocks.0=range(1,4)", "optimizer.lr=tag(log,interval(0.01,1.0))",
     "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=5", "hydra.sweeper.storage=null",
+    "hydra.sweeper.sampler.seed=1", "hydra.sweeper.sampler.n_startup_trials=2",
+    "hydra.sweeper.sampler.population_size=10",
 ])
 def test_check_overrides_lets_valid_overrides_and_sweeps_through(override):
     check_overrides([override])
+
+
+def test_a_sampler_key_is_checked_against_the_sampler_chosen_on_the_command_line():
+    check_overrides(["hydra/sweeper/sampler=nsgaii", "hydra.sweeper.sampler.population_size=10"])
+    with pytest.raises(ConfigError) as info:
+        check_overrides(["hydra/sweeper/sampler=random", "hydra.sweeper.sampler.n_startup_trials=2"])
+    assert str(info.value).startswith("hydra.sweeper.sampler.n_startup_trials is not a config "
+                                      "key: the random sampler has ")
+    assert "seed" in str(info.value) and "\n" not in str(info.value)

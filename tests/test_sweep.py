@@ -493,6 +493,18 @@ def test_each_sampler_runs_a_sweep(cifar_root, tmp_path, sampler):
     assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE] * 2
 
 
+def test_a_sampler_setting_on_the_command_line_is_used(cifar_root, tmp_path):
+    """hydra.sweeper.sampler.seed=5: trial 0 is what a RandomSampler seeded with 5 proposes."""
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=random",
+                            "hydra.sweeper.sampler.seed=5", "hydra.sweeper.pruner.name=none",
+                            "trainer.epochs=1", n_trials=1), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trial = study_of(tmp_path).trials[0]
+    seeded = {s: optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=s)).ask(
+        fixed_distributions=trial.distributions).params for s in (5, 6)}
+    assert trial.params == seeded[5] != seeded[6]
+
+
 @pytest.mark.slow
 def test_launcher_local_runs_each_trial_as_a_submitit_job(cifar_root, tmp_path):
     """launcher=slurm's code path (Hydra's submitit launcher) on this machine, without a cluster."""
