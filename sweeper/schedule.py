@@ -19,8 +19,8 @@ def lr_at(step: int, total: int, peak: float, cfg) -> float:
         return peak
     if cfg.name == "step":
         return peak * cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), progress)
-    if progress < cfg.warmup:
-        return peak * (step + 1) / (cfg.warmup * total)
+    if progress < cfg.warmup:  # capped: the last warmup step would pass the peak where
+        return peak * min(1.0, (step + 1) / (cfg.warmup * total))  # warmup * total is fractional
     decay = (progress - cfg.warmup) / (1 - cfg.warmup)  # 0 -> 1 after warmup
     end = cfg.final * peak
     if cfg.name == "cosine":

@@ -30,6 +30,16 @@ def test_warmup_rises_to_the_peak_then_decays_to_final(name):
     assert lrs[-1] == pytest.approx(0.2, abs=0.03)
 
 
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+@pytest.mark.parametrize("total", [1, 2, 7, 16, 64, 351])
+def test_the_lr_never_passes_the_peak_whatever_the_number_of_steps(name, total):
+    """warmup * total steps need not be whole: 0.2 of 16 steps is 3.2 (the smoke sweep's trials)."""
+    cfg = sched(name=name, warmup=0.2, final=0.1)
+    lrs = [lr_at(s, total, 0.5, cfg) for s in range(total)]
+    assert max(lrs) <= 0.5
+    assert lrs[0] > 0
+
+
 def test_onecycle_decays_linearly():
     cfg = sched(name="onecycle", warmup=0.0, final=0.0)
     assert [lr_at(s, 4, 1.0, cfg) for s in range(4)] == pytest.approx([1, 0.75, 0.5, 0.25])
