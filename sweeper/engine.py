@@ -368,6 +368,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             result.images_per_s = state["images"] / max(result.train_time_s, 1e-9)
             for h in result.history:  # the resumed run's record starts complete
                 tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
+            tracker.resumes(state.get("tracking_run_id"))
             log.info("Resuming from %s: %d of %d epochs done", ckpt_path, result.epochs_completed,
                      tr.epochs)
         else:
@@ -447,7 +448,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             if ckpt_path is not None and tr.checkpoint:
                 checkpoint.save(ckpt_path, checkpoint.snapshot(
                     cfg, runtime, parts, gen, epoch=epoch, step=step, history=result.history,
-                    train_time_s=result.train_time_s, images=epoch * per_epoch))
+                    train_time_s=result.train_time_s, images=epoch * per_epoch,
+                    tracking_run_id=tracker.run_id))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
     except Diverged as e:

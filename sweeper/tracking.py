@@ -3,7 +3,7 @@
 `open_tracker(cfg.tracking, ...)` returns a context manager: a `NullTracker` when tracking is off,
 else an `MlflowTracker` that opens one run (a child when given a parent run id), takes the run's
 params, per-epoch metrics and final results, and on exit marks the run FINISHED, FAILED or KILLED
-truthfully. The engine only calls `log_facts` and `log_metrics`.
+truthfully. The engine only calls `log_facts`, `log_metrics` and `resumes`.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class NullTracker:
     def log_result(self, result, out_dir: Path | None) -> None:
         pass
 
+    def resumes(self, run_id: str | None) -> None:
+        pass
+
 
 class MlflowTracker:
     """One MLflow run: a child of `parent_run_id` when given (a sweep trial)."""
@@ -143,6 +146,26 @@ class MlflowTracker:
         now = _now_ms()
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
                                                     for k, v in metrics.items()])
+
+    def resumes(self, run_id: str | None) -> None:
+        """This run resumes, from its checkpoint, the run `run_id`: the two are linked by tags
+        (resumed_from, resumed_by), and the earlier one, left RUNNING by a kill, becomes KILLED."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id or run_id == self.run_id:
+            return
+        try:
+            earlier = self.client.get_run(run_id)
+        except MlflowException:  # recorded in another store (tracking.uri changed since)
+            log.info("MLflow run %s, which this run resumes, is not in %s", run_id, redact(self.uri))
+            return
+        self.client.set_tag(self.run_id, "resumed_from", run_id)
+        self.client.set_tag(run_id, "resumed_by", self.run_id)
+        if earlier.info.status == "RUNNING":
+            log.warning("MLflow run %s, which this run resumes, was left running: marking it KILLED",
+                        run_id)
+            self.client.set_tag(run_id, "status", "killed")
+            self.client.set_terminated(run_id, status="KILLED")
 
     def log_result(self, result, out_dir: Path | None) -> None:
         """Final metrics, the status tag and the run's files: config, results, log, weights, plots."""

@@ -264,3 +264,24 @@ def test_the_cli_says_a_broken_store_in_one_line_before_training(store, cifar_ro
     errors = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith("error: tracking.uri=")
     assert ":pw@" not in proc.stdout + proc.stderr and "Using device" not in proc.stdout
+
+
+def test_a_resumed_run_closes_the_killed_run_it_resumes(cifar_root, mlflow_uri, tmp_path):
+    """SIGKILL leaves the first run RUNNING (nothing could close it); resuming from its checkpoint
+    marks it KILLED and links the two runs."""
+    from tests.test_checkpoint import Interrupt, stop_after
+
+    cfg = tracked_cfg(cifar_root, mlflow_uri, "trainer.epochs=2")
+    killed = open_tracker(cfg).__enter__()  # never exited, as under SIGKILL
+    with pytest.raises(Interrupt):
+        train(cfg, out_dir=tmp_path, tracker=killed, on_epoch=stop_after(1))
+    cfg.trainer.resume = True
+    result = run_tracked(cfg, tmp_path)
+    assert result.status == "completed"
+    client, runs = runs_of(mlflow_uri)
+    first, second = sorted(runs, key=lambda r: r.info.start_time)
+    assert first.info.run_id == killed.run_id
+    assert first.info.status == "KILLED" and first.data.tags["status"] == "killed"
+    assert first.data.tags["resumed_by"] == second.info.run_id
+    assert second.info.status == "FINISHED" and second.data.tags["resumed_from"] == first.info.run_id
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "val/acc")] == [1, 2]
