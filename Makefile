@@ -2,10 +2,11 @@
 .DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DATA ?= ../shared/datasets/cifar10
+# CIFAR-10's folder: `make smoke DATA=...`, else $CIFAR10_ROOT, else the team's shared copy
+DATA ?= $(or $(CIFAR10_ROOT),../shared/datasets/cifar10)
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +23,7 @@ test-system: $(VENV)/installed ## system tests: kills and resume, workers, Postg
 	$(PY) -m pytest -n 2 -m "slow or postgres"
 
 lint: $(VENV)/installed ## check style with ruff
-	$(VENV)/bin/ruff check sweeper tests
+	$(VENV)/bin/ruff check sweeper tests hydra_plugins
 
 smoke: $(VENV)/installed ## train the smoke preset on real CIFAR-10 (under a minute on 2 CPU cores)
 	$(PY) -m sweeper.train experiment=smoke data.root=$(DATA)
