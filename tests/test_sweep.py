@@ -184,6 +184,10 @@ def test_a_study_refuses_a_run_with_other_shared_settings(cifar_root, tmp_path):
         "run it with the study's settings, or start a new study with "
         "hydra.sweeper.study_name=<another name>")
     assert len(study_of(tmp_path).trials) == 1
+    searched = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "model.width=choice(4,8)",
+                                n_trials=2), tmp_path)
+    assert searched.returncode == 2 and searched.stderr.strip().splitlines()[-1].startswith(
+        "error: study 'smoke' was run with model.width=4; this command has model.width searched: ")
     # how trials run and are recorded is not part of the recipe: this run goes on
     more = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "trainer.log_every=1",
                             n_trials=2), tmp_path)

@@ -228,8 +228,15 @@ class OptunaPruningSweeper(Sweeper):
             return
         differ = sorted(k for k in set(stored) | set(recipe) if stored.get(k) != recipe.get(k))
         if differ:
-            then = ", ".join(f"{k}={stored.get(k)}" for k in differ[:3])
-            now = ", ".join(f"{k}={recipe.get(k)}" for k in differ[:3])
+            searched = {k for t in study.get_trials(deepcopy=False) for k in t.distributions}
+
+            def setting(values: dict, key: str, searching) -> str:
+                if key in values:
+                    return f"{key}={values[key]}"
+                return f"{key} searched" if key in searching else f"no {key}"
+
+            then = ", ".join(setting(stored, k, searched) for k in differ[:3])
+            now = ", ".join(setting(recipe, k, space) for k in differ[:3])
             raise ConfigError(f"study '{self.study_name}' was run with {then}; this command has "
                              f"{now}: run it with the study's settings, or start a new study with "
                              f"hydra.sweeper.study_name=<another name>")
