@@ -81,7 +81,7 @@ def progress(parent, study: optuna.Study) -> None:
     metrics = {f"trials/{k}": v for k, v in counts.items()}
     tags = {}
     if len(study.directions) == 1 and counts["complete"]:
-        best = study.best_trial
+        best = best_trial(study)
         metrics["best/value"] = best.value
         tags = {"best.trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}}
     parent.log_progress(metrics, tags, step=len(study.trials))
@@ -108,19 +108,19 @@ def finish(study: optuna.Study, sweeper: Any, sweep_dir: Path, parent) -> None:
 
         raise SweeperError(message)
     if len(study.directions) == 1:
-        best = study.best_trial
+        best = best_trial(study)
         results = {"name": "optuna", "study_name": study.study_name, "best_trial": best.number,
                    "best_params": best.params, "best_value": best.value}
     else:
         results = {"name": "optuna", "study_name": study.study_name, "objectives": sweeper.objectives,
                    "solutions": [{"trial": t.number, "params": t.params, "values": t.values}
-                                 for t in study.best_trials]}
+                                 for t in study.best_trials if not _repeat(t)]}
     results_path = sweep_dir / "optimization_results.yaml"
     OmegaConf.save(OmegaConf.create(results), results_path)
     log.info("%s", summary_table(study, sweeper.objectives))
     files = [results_path]
     if len(study.directions) == 1:
-        preset, command = write_best_preset(sweep_dir, study.best_trial, study.study_name)
+        preset, command = write_best_preset(sweep_dir, best, study.study_name)
         files.append(preset)
         log.info("Best trial %d: %s = %s\nRe-run it with:\n  %s", best.number, sweeper.objectives[0],
                  best.value, command)
@@ -130,9 +130,25 @@ def finish(study: optuna.Study, sweeper: Any, sweep_dir: Path, parent) -> None:
         parent.end("FINISHED", "", files)
 
 
+def _repeat(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial of a configuration already trained: it took that trial's values, trained nothing."""
+    return "duplicate_of" in trial.user_attrs
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best completed trial that trained (of equals, the first): a repeat has no run folder."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if not _repeat(t)]
+    if not done:
+        return study.best_trial
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(done, key=lambda t: t.value)
+
+
 def summary_table(study: optuna.Study, objectives: list[str], top: int = 10) -> str:
+    """The counts of trials by state, and the best completed ones (repeats left out)."""
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and not _repeat(t)]
     if len(study.directions) == 1:
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
         done.sort(key=lambda t: sign * t.value)

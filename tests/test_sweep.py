@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from hydra_plugins.optuna_pruning_sweeper.sweeper import cores
 from sweeper.engine import autocast_dtype
@@ -473,6 +474,13 @@ def test_a_configuration_is_never_trained_twice(cifar_root, tmp_path):
         first = trials[t.user_attrs["duplicate_of"]]
         assert first.params == t.params and t.value == first.value
         assert not (tmp_path / "multirun" / str(t.number)).exists()  # nothing was trained
+    # the report names trials that trained: the best one, and each configuration once in the table
+    results = OmegaConf.load(tmp_path / "multirun" / "optimization_results.yaml")
+    assert "duplicate_of" not in trials[results.best_trial].user_attrs
+    assert (tmp_path / "multirun" / "experiment" / "best.yaml").exists()
+    table = proc.stdout[proc.stdout.index("Top "):].splitlines()
+    listed = [int(line.split()[0]) for line in table[2:] if line.split() and line.split()[0].isdigit()]
+    assert sorted(listed) == sorted(t.number for t in trials if "duplicate_of" not in t.user_attrs)
 
 
 def test_two_objectives_give_a_pareto_front(cifar_root, tmp_path):
