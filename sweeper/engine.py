@@ -458,7 +458,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     except BaseException as e:  # interrupted (Ctrl-C) or failed: record it, then let it propagate
         result.status = "interrupted" if isinstance(e, KeyboardInterrupt) else getattr(
             e, "status", "failed")
-        result.message = f"{type(e).__name__}: {e}"
+        # an outcome the run was told (pruned) is its own message; an error is named by its type
+        result.message = str(e) if hasattr(e, "status") else f"{type(e).__name__}: {e}"
         if result.status == "pruned" and ckpt_path is not None:
             ckpt_path.unlink(missing_ok=True)  # nothing will resume a pruned trial
         try:

@@ -71,6 +71,6 @@ def trial_reporter(number: int, study_name: str, sweeper_cfg: Any, metric: str =
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         trial.report(metrics[metric], step=epoch)
         if (last_epoch is None or epoch < last_epoch) and trial.should_prune():
-            raise Pruned(f"pruned after epoch {epoch} with {metric}={metrics[metric]:.4f}")
+            raise Pruned(f"after epoch {epoch} with {metric}={metrics[metric]:.4f}")
 
     return on_epoch

@@ -87,7 +87,9 @@ def test_the_pruner_prunes_hopeless_trials(cifar_root, tmp_path):
     assert hopeless and all(t.state == TrialState.PRUNED for t in hopeless)
     for t in trials:
         if t.state == TrialState.PRUNED:  # stopped early, its per-epoch values kept
-            assert 1 <= len(t.intermediate_values) < 4 and t.user_attrs["reason"].startswith("pruned")
+            assert 1 <= len(t.intermediate_values) < 4
+            assert t.user_attrs["reason"].startswith(
+                f"pruned: after epoch {len(t.intermediate_values)} with val/acc=")
 
 
 def test_a_raising_and_a_diverging_trial_are_recorded_and_the_sweep_goes_on(cifar_root, tmp_path):
