@@ -287,10 +287,12 @@ def test_two_workers_share_one_study_without_duplicates(cifar_root, mlflow_uri, 
 @pytest.mark.parametrize("override, message", [
     ("model.blok=range(1,3)", "model.blok is not a config key (did you mean model.blocks?)"),
     ("hydra.sweeper.params=null", "hydra.sweeper.params is empty"),
+    ("optimizer.lr=tag(log,interval(-1,1))", "hydra.sweeper.params cannot be parsed: `low > 0` "
+                                             "must hold for `log=True`"),
 ])
 def test_a_bad_search_space_is_one_line(cifar_root, tmp_path, override, message):
     proc = sweep(sweep_args(cifar_root, tmp_path, override), tmp_path)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
 
 

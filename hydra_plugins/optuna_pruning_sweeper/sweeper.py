@@ -98,11 +98,11 @@ class OptunaPruningSweeper(Sweeper):
             lines = list(last.values())
             space, fixed, fixed_overrides = create_params_from_overrides(lines)
         except Exception as e:  # the override grammar's own errors
-            raise SweepError(f"hydra.sweeper.params cannot be parsed: {e}") from None
+            raise ConfigError(f"hydra.sweeper.params cannot be parsed: {e}") from None
         for name in fixed:
             space.pop(name, None)
         if not space:
-            raise SweepError("hydra.sweeper.params is empty: give at least one key a range, "
+            raise ConfigError("hydra.sweeper.params is empty: give at least one key a range, "
                              "e.g. optimizer.lr=tag(log,interval(0.01,1))")
         fixed_lines = [f"{k}={v}" for k, v in fixed.items()] + fixed_overrides
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed_lines)
