@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from sweeper.data import FOLDER, load_cifar10, missing_file, split
 from sweeper.engine import autocast_dtype, describe, resolve_device, train
-from sweeper.errors import DataError, SweeperError
+from sweeper.errors import ConfigError, DataError, SweeperError
 from sweeper.model import PreActResNet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,6 +295,12 @@ def run(args) -> dict:
     load_cifar10.cache_clear()
     data = load_cifar10(args.data_root)
     load_s = time.perf_counter() - started
+    args.val_size = min(512, len(data.train_y) // 4)  # evaluation is not timed: keep it small
+    available = len(data.train_y) - args.val_size
+    if 2 * args.batch_size > available:  # an epoch of two steps at least: one to start, one to time
+        raise ConfigError(f"--batch-size {args.batch_size} is too large: two batches need "
+                          f"{2 * args.batch_size} training images and {available} are here "
+                          f"(at most --batch-size {available // 2})")
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": describe(device), "torch": torch.__version__, "python": platform.python_version(),
@@ -304,12 +310,18 @@ def run(args) -> dict:
     }
     # Measured before any training, so no DataLoader worker or compiler thread competes with it.
     report["peak"] = peak_flops(device, autocast_dtype("auto", device))
-    args.val_size = min(512, len(data.train_y) // 4)  # evaluation is not timed: keep it small
     logging.getLogger("sweeper").setLevel(logging.WARNING)
     for width in args.widths:
         images = args.images or max(args.batch_size, 65536 // width)
         images = min(images, len(data.train_y) - args.val_size)
         images = max(2 * args.batch_size, images - images % args.batch_size)
+        if args.images and images != args.images:
+            print(f"note: --images {args.images} is {images} at width {width}: whole batches of "
+                  f"{args.batch_size}, at least two, at most the {available} training images")
+        if images // args.batch_size < MIN_TIMED_STEPS:
+            print(f"note: {images // args.batch_size} steps per epoch at width {width}: too few to "
+                  f"time well (--images {MIN_TIMED_STEPS * args.batch_size} or more for "
+                  f"{MIN_TIMED_STEPS})")
         train_set = split(data, args.val_size, images, None, 0)[0]
         rates = {name: [] for name in ["reference", *args.variants]}
         startups = {name: [] for name in args.variants}
@@ -413,8 +425,18 @@ def _git_commit() -> str | None:
         return None
 
 
+MIN_TIMED_STEPS = 8  # steps per epoch below which the bench says its rates are rough
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (python -m sweeper.bench --help lists the options)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sweeper.bench", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m sweeper.bench", description=__doc__.split("\n")[0])
     p.add_argument("--widths", type=int, nargs="+", default=[64, 16], help="model.width values")
     p.add_argument("--blocks", type=int, nargs=4, default=[2, 2, 2, 2], help="blocks per stage")
     p.add_argument("--batch-size", type=int, default=128)
@@ -432,6 +454,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip timing a fresh `python -m sweeper.train` process")
     args = p.parse_args(argv)
     args.data_root = str(Path(args.data_root).absolute())
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here; allowed values are auto, cpu")
+    if args.out is not None and (problem := _unwritable(args.out)):
+        p.error(f"--out {args.out}: {problem}")
     if args.variants is None:
         device = resolve_device(args.device)
         args.variants = ["sweeper"]
@@ -444,6 +470,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.images < 0:
         p.error("--images must be positive (0: 65536 / width)")
     return args
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the JSON file `out` could not be written (checked before hours of measuring), or None."""
+    if out.is_dir():
+        return "is a folder; give a file name, e.g. --out " + str(out / "bench.json")
+    folder = out.parent
+    while not folder.exists():  # created when the bench writes: its first existing ancestor counts
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not writable"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from sweeper.engine import autocast_dtype
@@ -48,6 +49,7 @@ def test_bench_writes_json_and_prints_a_table(cifar_root, tmp_path):
     assert report["data_load_s"] > 0 and report["device"].startswith("cpu")
     assert "x reference" in proc.stdout and f"sweeper-eager ({ours})" in proc.stdout
     assert "(convs only)" in proc.stdout and "(at the peak)" in proc.stdout
+    assert "note: 2 steps per epoch at width 4: too few to time well" in proc.stdout
 
 
 def test_bench_bad_data_root_is_one_line(tmp_path):
@@ -91,3 +93,34 @@ def test_default_variants_add_fp32_where_the_cpu_defaults_to_bf16(monkeypatch):
         fake_amx(monkeypatch, amx)
         assert parse_args(["--device", "cpu"]).variants == variants
     assert parse_args(["--device", "cpu", "--variants", "sweeper"]).variants == ["sweeper"]
+
+
+def _bench(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "sweeper.bench", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{tmp}/a_file/bench.json"], "--out {tmp}/a_file/bench.json: {tmp}/a_file is a file, "
+                                           "not a folder"),
+    (["--out", "{tmp}"], "--out {tmp}: is a folder; give a file name"),
+    (["--blocks", "1", "1", "1"], "argument --blocks: expected 4 arguments"),
+    (["--batch-size", "100000"], "--batch-size 100000 is too large: two batches need 200000 "
+                                 "training images"),
+])
+def test_bad_bench_arguments_are_one_line_before_anything_is_measured(cifar_root, tmp_path, args,
+                                                                      message):
+    """An unwritable --out is found before the measuring, not after it (which took 10+ minutes)."""
+    (tmp_path / "a_file").write_text("")
+    proc = _bench("--data-root", str(cifar_root), *(a.format(tmp=tmp_path) for a in args))
+    assert proc.returncode == 2 and "round" not in proc.stdout
+    assert proc.stderr.startswith("error: " + message.format(tmp=tmp_path))
+    assert proc.stderr.count("\n") == 1
+
+
+def test_bench_on_cuda_without_a_gpu_is_one_line(cifar_root):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: --device cuda is valid")
+    proc = _bench("--data-root", str(cifar_root), "--device", "cuda")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: --device cuda: no CUDA device is available here")
