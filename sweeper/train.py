@@ -48,7 +48,11 @@ def main(cfg: DictConfig) -> float:
         cfg.tracking.uri = absolute_sqlite_url(cfg.tracking.uri)
         if cfg.trial.number is not None:
             cfg.trainer.checkpoint = False  # a killed trial is not resumed: a new one replaces it
-        preflight(cfg, out_dir)  # a refused run writes no config.yaml and opens no MLflow run
+        device = preflight(cfg, out_dir)  # a refused run writes no config.yaml, no MLflow run
+        if hydra_cfg.runtime.choices.get("experiment") == "fast" and device.type == "cpu":
+            log.warning("experiment=fast is a preset for a GPU: on a CPU its ResNet-18 takes "
+                        "hours, with no progress lines (trainer.log_every=0); experiment=smoke "
+                        "is the quick check of a CPU set-up")
         tags = {"hydra_overrides": redact(" ".join(hydra_cfg.overrides.task))}
         on_epoch = None
         if cfg.trial.number is not None:  # a sweep's trial: report each epoch, maybe be pruned

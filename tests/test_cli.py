@@ -83,6 +83,16 @@ def test_relative_data_root_is_taken_from_the_launch_directory(cifar_root, tmp_p
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_gpu_preset_on_a_cpu_says_it_will_take_hours(cifar_root, tmp_path):
+    proc = run_cli("experiment=fast", *TINY, f"data.root={cifar_root}", "trainer.epochs=1",
+                   f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "experiment=fast is a preset for a GPU: on a CPU its ResNet-18 takes hours" in proc.stdout
+    quiet = run_cli("experiment=smoke", *TINY, f"data.root={cifar_root}", "trainer.epochs=1",
+                    f"hydra.run.dir={tmp_path}/smoke", cwd=tmp_path)
+    assert quiet.returncode == 0 and "preset for a GPU" not in quiet.stdout
+
+
 def _truncated_root(tmp_path):
     root = make_cifar(tmp_path / "truncated")
     path = root / FOLDER / "test_batch"
