@@ -308,6 +308,9 @@ def run(args) -> dict:
         "blocks": args.blocks, "reps": args.reps, "variants": args.variants,
         "data_load_s": load_s, "widths": {},
     }
+    print(f"bench on {report['device']}: {args.blocks} at widths "
+          f"{', '.join(map(str, args.widths))}, batch {args.batch_size}, {args.reps} rounds of "
+          f"{', '.join(['reference', *args.variants])}; measuring the peak first", flush=True)
     # Measured before any training, so no DataLoader worker or compiler thread competes with it.
     report["peak"] = peak_flops(device, autocast_dtype("auto", device))
     logging.getLogger("sweeper").setLevel(logging.WARNING)
@@ -328,17 +331,19 @@ def run(args) -> dict:
         precisions = {"reference": "fp32"}
         for rep in range(args.reps):
             order = ["reference", *args.variants]
-            for name in order if rep % 2 == 0 else order[::-1]:  # A B, then B A: no order bias
+            # each result as it comes: a round of width 64 takes minutes on 2 CPU cores
+            print(f"width {width}, round {rep + 1}/{args.reps}:", end="", flush=True)
+            for i, name in enumerate(order if rep % 2 == 0 else order[::-1]):  # A B, then B A
                 if name == "reference":
                     rates[name].append(reference_in_child(train_set.x, train_set.y, args.blocks,
                                                           width, args.batch_size, device)[-1])
-                    continue
-                result = train(compose(trainer_overrides(args, width, images, VARIANTS[name])))
-                rates[name].append(result.history[-1]["images_per_s"])
-                startups[name].append(result.startup_s)
-                precisions[name] = result.precision
-            print(f"width {width}, round {rep + 1}/{args.reps}: " + ", ".join(
-                f"{name} {r[-1]:.0f} img/s" for name, r in rates.items()), flush=True)
+                else:
+                    result = train(compose(trainer_overrides(args, width, images, VARIANTS[name])))
+                    rates[name].append(result.history[-1]["images_per_s"])
+                    startups[name].append(result.startup_s)
+                    precisions[name] = result.precision
+                print(f"{',' if i else ''} {name} {rates[name][-1]:.0f} img/s", end="", flush=True)
+            print(flush=True)
         ref = rates["reference"]
         flops = train_flops_per_image(args.blocks, width)
         try:  # the profiler needs CUPTI on CUDA: a missing one must not cost the rest of the run
