@@ -217,7 +217,7 @@ def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast trains faster than fp32 on `device`: on CUDA GPUs with native bf16
     (Ampere and later), and on CPUs with AMX (Intel's matrix tiles, which oneDNN's bf16
     convolutions use). Without AMX it is slower: several times on AVX2 CPUs, 1.4-1.5x even on
-    AVX-512 CPUs with native bf16 dot products (README)."""
+    AVX-512 CPUs with native bf16 dot products (benchmarks/README.md)."""
     if device.type == "cuda":  # natively from Ampere on; emulated, and slow, before
         try:
             return torch.cuda.is_bf16_supported(including_emulation=False)
