@@ -279,6 +279,25 @@ def peak_flops(device: torch.device, amp: torch.dtype | None, seconds: float = 0
             "by_kernel": rates}
 
 
+def cpu_info() -> dict:
+    """The CPU by name and by the vector instructions PyTorch's kernels use here (AVX2, AVX512, ...),
+    and whether it has AMX tiles: the same bench runs 4x apart on 2-core machines of different kinds."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: absent from some releases
+    return {"model": model or "unknown", "capability": torch.backends.cpu.get_cpu_capability(),
+            "amx": bool(amx and amx())}
+
+
+def _cpu_text(cpu: dict) -> str:
+    return f"{cpu['model']}, {cpu['capability']}{' with AMX' if cpu['amx'] else ''}"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -303,12 +322,13 @@ def run(args) -> dict:
                           f"(at most --batch-size {available // 2})")
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": describe(device), "torch": torch.__version__, "python": platform.python_version(),
+        "device": describe(device), "cpu": cpu_info(), "torch": torch.__version__,
+        "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "commit": _git_commit(), "batch_size": args.batch_size,
         "blocks": args.blocks, "reps": args.reps, "variants": args.variants,
         "data_load_s": load_s, "widths": {},
     }
-    print(f"bench on {report['device']}: {args.blocks} at widths "
+    print(f"bench on {report['device']}, {_cpu_text(report['cpu'])}: {args.blocks} at widths "
           f"{', '.join(map(str, args.widths))}, batch {args.batch_size}, {args.reps} rounds of "
           f"{', '.join(['reference', *args.variants])}; measuring the peak first", flush=True)
     # Measured before any training, so no DataLoader worker or compiler thread competes with it.
@@ -384,7 +404,8 @@ def run(args) -> dict:
 
 def table(report: dict) -> str:
     peak = report["peak"]
-    lines = [f"{report['device']}, torch {report['torch']}, batch {report['batch_size']}, blocks "
+    lines = [f"{report['device']}, {_cpu_text(report['cpu'])}, torch {report['torch']}, batch "
+             f"{report['batch_size']}, blocks "
              f"{report['blocks']}, {report['reps']} rounds; CIFAR-10 loaded in "
              f"{report['data_load_s']:.1f} s; measured peak {peak['flops'] / 1e9:.0f} GFLOP/s "
              f"({peak['dtype']})",

@@ -47,13 +47,16 @@ def test_bench_writes_json_and_prints_a_table(cifar_root, tmp_path):
     fresh = report["fresh_process"]
     assert 0 < fresh["in_train_to_first_step_s"] < fresh["launch_to_first_step_s"] < fresh["whole_run_s"]
     assert report["data_load_s"] > 0 and report["device"].startswith("cpu")
+    cpu = report["cpu"]  # which kind of machine ran it: the JSON alone must tell
+    assert cpu["model"] and cpu["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["amx"] == bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
     assert "x reference" in proc.stdout and f"sweeper-eager ({ours})" in proc.stdout
     assert "(convs only)" in proc.stdout and "(at the peak)" in proc.stdout
     assert "note: 2 steps per epoch at width 4: too few to time well" in proc.stdout
     # progress as it happens: what runs, then each round's results in the order they ran
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("bench on cpu") and "2 rounds of reference, sweeper, sweeper-eager" \
-        in lines[0]
+    assert lines[0].startswith(f"bench on {report['device']}, {cpu['model']}, {cpu['capability']}")
+    assert "2 rounds of reference, sweeper, sweeper-eager" in lines[0]
     rounds = [line for line in lines if line.startswith("width 4, round ")]
     assert [r.split(":")[1].split(",")[0].split()[0] for r in rounds] == ["reference", "sweeper-eager"]
     assert all(r.count(" img/s") == 3 for r in rounds)
