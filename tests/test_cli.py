@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -141,33 +140,25 @@ def read_only_dir(tmp_path: Path) -> Path:
     return Path("/sys/kernel")  # a folder of a kernel filesystem that takes no new files
 
 
-@pytest.fixture(scope="module")
-def bad_runs(cifar_root, tmp_path_factory):
-    """Launch every bad-input run at once (each is mostly Python start-up), keyed like BAD_INPUTS."""
-    tmp = tmp_path_factory.mktemp("bad")
-    truncated = _truncated_root(tmp)
-
-    def launch(name):
-        overrides, _, _ = BAD_INPUTS[name]
-        root = truncated if name == "truncated batch" else cifar_root
-        run_dir = tmp / name.replace(" ", "_")
-        if name == "read-only output dir":
-            run_dir = read_only_dir(tmp)
-        if name == "corrupted checkpoint":
-            run_dir.mkdir()
-            (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
-            (run_dir / "config.yaml").write_text("# the run that wrote the checkpoint\n")
-        return run_cli(*TINY, f"data.root={root}", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp), run_dir
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(BAD_INPUTS, pool.map(launch, BAD_INPUTS)))
+def _launch_bad(name: str, cifar_root: Path, tmp: Path):
+    """Run the bad-input case `name` of BAD_INPUTS: (the finished process, its run directory)."""
+    overrides, _, _ = BAD_INPUTS[name]
+    root = _truncated_root(tmp) if name == "truncated batch" else cifar_root
+    run_dir = tmp / name.replace(" ", "_")
+    if name == "read-only output dir":
+        run_dir = read_only_dir(tmp)
+    if name == "corrupted checkpoint":
+        run_dir.mkdir()
+        (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+        (run_dir / "config.yaml").write_text("# the run that wrote the checkpoint\n")
+    return run_cli(*TINY, f"data.root={root}", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp), run_dir
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_gets_one_line_and_a_nonzero_exit(bad_runs, name):
+def test_bad_input_gets_one_line_and_a_nonzero_exit(cifar_root, tmp_path, name):
     if name == "cuda absent" and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    proc, run_dir = bad_runs[name]
+    proc, run_dir = _launch_bad(name, cifar_root, tmp_path)
     _, expected, code = BAD_INPUTS[name]
     assert proc.returncode == code, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
