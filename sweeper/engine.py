@@ -374,7 +374,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
         else:
             refuse_completed(out_dir)
             log.info("trainer.resume: no %s yet, starting from scratch", ckpt_path)
-    start = time.perf_counter()
+    start, first_epoch = time.perf_counter(), result.epochs_completed + 1
     above_bars = _log_above_bars()  # log lines over the progress bar, not glued to it
     above_bars.__enter__()
     try:
@@ -442,9 +442,12 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             tracker.log_metrics(metrics, step=epoch)
             result.epochs_completed, result.val_acc = epoch, metrics["val/acc"]
             result.images_per_s = epoch * per_epoch / result.train_time_s
+            # what is left, at this process's pace so far (evaluation included)
+            left = (time.perf_counter() - start) / (epoch - first_epoch + 1) * (tr.epochs - epoch)
             log.info("epoch %d/%d: train/loss %.4f  train/acc %.4f  val/acc %.4f  lr %.4g  "
-                     "(%.1f s, %.0f img/s)", epoch, tr.epochs, metrics["train/loss"],
-                     metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"])
+                     "(%.1f s, %.0f img/s%s)", epoch, tr.epochs, metrics["train/loss"],
+                     metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"],
+                     f"; about {duration(left)} left" if epoch < tr.epochs else "")
             if ckpt_path is not None and tr.checkpoint:
                 checkpoint.save(ckpt_path, checkpoint.snapshot(
                     cfg, runtime, parts, gen, epoch=epoch, step=step, history=result.history,
@@ -508,6 +511,14 @@ def _log_above_bars():
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     return logging_redirect_tqdm()
+
+
+def duration(seconds: float) -> str:
+    """A span of time as a person reads it: 45 s, 12 min, 3 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _progress(total: int, desc: str):

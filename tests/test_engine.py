@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sweeper.engine import train
+from sweeper.engine import duration, train
 from tests.conftest import ROOT
 
 
@@ -106,6 +106,13 @@ def test_evaluate_with_tta_is_mirror_invariant():
     a = evaluate(model, Split(x, y), mean, std, 8, tta=True)
     b = evaluate(model, Split(x.flip(3), y), mean, std, 8, tta=True)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0 s"), (89, "89 s"), (90, "2 min"),
+                                           (5369, "89 min"), (5400, "1 h 30 min"),
+                                           (45_600, "12 h 40 min")])
+def test_time_left_reads_as_a_person_says_it(seconds, text):
+    assert duration(seconds) == text
 
 
 def test_startup_is_timed(tiny_cfg):
