@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
 import os
 import platform
 import statistics
@@ -47,12 +46,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from sweeper.ceilings import convolution_time, peak_flops, train_flops_per_image
 from sweeper.data import FOLDER, load_cifar10, missing_file, split
-from sweeper.engine import autocast_dtype, describe, resolve_device, train
+from sweeper.device import autocast_dtype, cpu_info, describe, resolve_device
+from sweeper.engine import train
 from sweeper.errors import ConfigError, DataError, SweeperError
-from sweeper.model import PreActResNet
+from sweeper.reference import LR, reference_in_child
 
 ROOT = Path(__file__).resolve().parent.parent
 # Overrides of our trainer per variant; "reference" is the seed-style loop.
@@ -62,93 +62,6 @@ VARIANTS = {
     "sweeper-compile": ["trainer.compile=true"],
     "sweeper-fp32": ["trainer.precision=fp32"],  # where the defaults use bf16: its share of the gain
 }
-LR = 0.05
-
-
-class SeedStyleCIFAR10(torch.utils.data.Dataset):
-    """What torchvision.datasets.CIFAR10 does per item: HWC uint8 -> PIL image -> transform."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform):
-        self.data = x.permute(0, 2, 3, 1).numpy()  # torchvision keeps (N, 32, 32, 3) uint8
-        self.targets = y.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
-
-
-def reference_rates(x: torch.Tensor, y: torch.Tensor, blocks: list[int], width: int,
-                    batch_size: int, device: torch.device | str, epochs: int = 2,
-                    workers: int = 2) -> list[float]:
-    """Training images/s of each epoch of the seed-style loop (at least 2 steps per epoch)."""
-    import torchvision.transforms as T
-
-    device = torch.device(device)
-    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
-    loader = torch.utils.data.DataLoader(SeedStyleCIFAR10(x, y, transform), batch_size=batch_size,
-                                         shuffle=True, num_workers=workers)
-    torch.manual_seed(0)
-    net = PreActResNet(blocks, width).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
-    rates = []
-    for _ in range(epochs):
-        # Timed from the end of the epoch's first step, so the DataLoader's worker start-up (paid
-        # once per epoch, a larger share of these short epochs than of a real one) is not counted.
-        start, timed = None, 0
-        running_loss = 0.0
-        for inputs, labels in loader:
-            inputs, labels = inputs.to(device), labels.to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(net(inputs), labels)
-            loss.backward()
-            optimizer.step()
-            running_loss += loss.item()
-            if start is None:
-                start = time.perf_counter()
-            else:
-                timed += len(labels)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rates.append(timed / (time.perf_counter() - start))
-    return rates
-
-
-def _reference_child(conn, *args) -> None:
-    try:
-        conn.send(("ok", reference_rates(*args)))
-    except BaseException as e:  # reported by the parent, which raises it
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-    finally:
-        conn.close()
-
-
-def reference_in_child(x: torch.Tensor, y: torch.Tensor, blocks: list[int], width: int,
-                       batch_size: int, device: torch.device) -> list[float]:
-    """`reference_rates` in a fresh Python process, as the seed's script runs: with the C library's
-    default allocator (our trainer changes it for its own process: `engine.keep_freed_memory`) and
-    none of this process's warm caches."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_reference_child,
-                       args=(child, x, y, blocks, width, batch_size, str(device)))
-    proc.start()
-    child.close()
-    try:
-        status, value = parent.recv()
-    except EOFError:
-        status, value = "error", "the process died"
-    proc.join()
-    if status != "ok":
-        raise RuntimeError(f"the reference loop failed in its process: {value}")
-    return value
-
-
 def trainer_overrides(args, width: int, images: int, extra: list[str]) -> list[str]:
     """Our trainer's overrides for a run like the reference loop's (plus small evaluation splits)."""
     blocks = ",".join(map(str, args.blocks))
@@ -186,121 +99,8 @@ def fresh_process_startup(overrides: list[str]) -> dict:
             "in_train_to_first_step_s": results["startup_s"], "whole_run_s": ended - launched}
 
 
-def train_flops_per_image(blocks: list[int], width: int) -> float:
-    """Floating-point operations of one training step (forward and backward) per image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    torch.manual_seed(0)
-    net = PreActResNet(blocks, width)
-    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(net(x), y).backward()
-    return counter.get_total_flops() / len(y)
-
-
-CONV_OPS = {"aten::mkldnn_convolution", "aten::cudnn_convolution", "aten::convolution_backward"}
-
-
-def convolution_time(blocks: list[int], width: int, batch_size: int, device: torch.device,
-                     channels_last: bool, amp: torch.dtype | None, steps: int = 3) -> dict:
-    """Seconds per training step spent in the model's convolutions, and in the whole step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    # Kineto, the profiler's backend, otherwise prints "USDT: profiler_start" lines and, on a CPU
-    # with a CUDA build of torch, "ERROR: gpuGetDeviceCount failed" into the table; its real
-    # failures still raise. Read when the profiler first starts; a user's own setting is kept.
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = PreActResNet(blocks, width).to(device, memory_format=fmt)
-    x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch_size,), device=device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        optimizer.step()
-
-    step()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    _sync(device)
-    with profile(activities=activities) as prof:
-        started = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        whole = (time.perf_counter() - started) / steps
-    events = [e for e in prof.key_averages() if e.key in CONV_OPS]
-    if device.type == "cuda":
-        conv_us = sum(e.device_time_total for e in events)
-    else:  # inclusive CPU time: the kernels and their own allocations
-        conv_us = sum(e.cpu_time_total for e in events)
-    return {"convolutions_s": conv_us / 1e6 / steps, "step_s": whole}
-
-
-def peak_flops(device: torch.device, amp: torch.dtype | None, seconds: float = 0.5) -> dict:
-    """The device's measured peak, FLOP/s: the fastest single call of a large matrix product and of
-    large 3x3 convolutions (channels_last, the trainer's layout), each repeated for about `seconds`.
-
-    The fastest call, not a typical one: an optimistic peak makes the ceiling an upper bound.
-    """
-    dtype = amp or torch.float32
-    gen = torch.Generator(device).manual_seed(0)
-
-    def rate(fn, flops: float) -> float:
-        fn()  # warm-up: kernel selection, allocation
-        best, spent = 0.0, 0.0
-        while spent < seconds:
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            dt = time.perf_counter() - t
-            best, spent = max(best, flops / dt), spent + dt
-        return best
-
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, generator=gen, device=device).to(dtype)
-    b = torch.randn(n, n, generator=gen, device=device).to(dtype)
-    rates = {"matmul": rate(lambda: a @ b, 2 * n ** 3)}
-    batch = 512 if device.type == "cuda" else 64
-    for ch, hw in ((64, 32), (256, 8)):
-        x = torch.randn(batch, ch, hw, hw, generator=gen, device=device).to(dtype)
-        x = x.contiguous(memory_format=torch.channels_last)
-        w = torch.randn(ch, ch, 3, 3, generator=gen, device=device).to(dtype)
-        w = w.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            rates[f"conv{ch}x{hw}"] = rate(lambda x=x, w=w: F.conv2d(x, w, padding=1),
-                                           2 * batch * ch * ch * 9 * hw * hw)
-    return {"flops": max(rates.values()), "dtype": str(dtype).removeprefix("torch."),
-            "by_kernel": rates}
-
-
-def cpu_info() -> dict:
-    """The CPU by name and by the vector instructions PyTorch's kernels use here (AVX2, AVX512, ...),
-    and whether it has AMX tiles: the same bench runs 4x apart on 2-core machines of different kinds."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), model)
-    except OSError:
-        pass
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: absent from some releases
-    return {"model": model or "unknown", "capability": torch.backends.cpu.get_cpu_capability(),
-            "amx": bool(amx and amx())}
-
-
 def _cpu_text(cpu: dict) -> str:
     return f"{cpu['model']}, {cpu['capability']}{' with AMX' if cpu['amx'] else ''}"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def summarise(values: list[float]) -> dict:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +20,14 @@ from torch import nn
 from sweeper import checkpoint
 from sweeper.config import validate
 from sweeper.data import CLASSES, Augment, Split, check_val_size, load_cifar10, normalize, split
+from sweeper.device import (
+    autocast,
+    autocast_dtype,
+    describe,
+    keep_freed_memory,
+    resolve_device,
+    resolve_precision,
+)
 from sweeper.errors import ConfigError
 from sweeper.model import build_model, count_parameters
 from sweeper.outputs import writable_dir
@@ -71,43 +77,6 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device='cuda' is invalid: no CUDA device is available here; "
-                          "allowed values are auto, cpu")
-    return torch.device(name)
-
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_kept_freed_memory: bool | None = None
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory in the process for reuse; True where it now does.
-
-    By default glibc maps every block of 32 MiB or more afresh and unmaps it when it is freed, and
-    returns the heap's free top to the system: each training step at width 64 then writes about 1 GB
-    of new pages, every page zeroed by the kernel on its first touch (200,000 page faults and 0.5 s of
-    system time per step on 2 cores). Served from a heap that is never trimmed, the same blocks are
-    reused step after step: 9-12 % less time per step at widths 16 and 64 on a 2-core CPU. The setting
-    is for the whole process, which keeps its peak memory until it exits. Linux with glibc only; a
-    user's own MALLOC_MMAP_MAX_ or MALLOC_TRIM_THRESHOLD_ takes precedence.
-    """
-    global _kept_freed_memory
-    if _kept_freed_memory is None:
-        _kept_freed_memory = False
-        user_set = {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ)
-        if sys.platform == "linux" and platform.libc_ver()[0] == "glibc" and not user_set:
-            libc = ctypes.CDLL("libc.so.6")
-            _kept_freed_memory = bool(libc.mallopt(_M_MMAP_MAX, 0)
-                                      and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-            log.debug("glibc malloc: freed memory is kept for reuse: %s", _kept_freed_memory)
-    return _kept_freed_memory
-
-
 def runtime_of(cfg, device: torch.device) -> dict:
     """How `cfg` runs on `device` (what a checkpoint must match to be resumed)."""
     tr = cfg.trainer
@@ -151,13 +120,6 @@ def refuse_completed(out_dir: Path) -> None:
         raise checkpoint.CheckpointError(
             f"{results} holds a completed run: nothing to resume, and its results and model.pt "
             f"are kept; use another hydra.run.dir, or trainer.resume=false to train it again")
-
-
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    threads = torch.get_num_threads()
-    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -213,42 +175,6 @@ def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedM
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast trains faster than fp32 on `device`: on CUDA GPUs with native bf16
-    (Ampere and later), and on CPUs with AMX (Intel's matrix tiles, which oneDNN's bf16
-    convolutions use). Without AMX it is slower: several times on AVX2 CPUs, 1.4-1.5x even on
-    AVX-512 CPUs with native bf16 dot products (benchmarks/README.md)."""
-    if device.type == "cuda":  # natively from Ampere on; emulated, and slow, before
-        try:
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # a torch without the argument
-            return torch.cuda.is_bf16_supported()
-    # private functions (absent: unknown, so fp32): the CPU has AMX, and the kernel lets us use it
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    usable = getattr(torch.cpu, "_init_amx", lambda: True)
-    return device.type == "cpu" and amx is not None and bool(amx()) and bool(usable())
-
-
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """trainer.precision as it trains on `device`: fp32, bf16 or fp16 (auto: bf16 where fast)."""
-    if precision == "auto":
-        return "bf16" if fast_bf16(device) else "fp32"
-    return precision
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    return _AUTOCAST[resolve_precision(precision, device)]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Split, mean: torch.Tensor, std: torch.Tensor,
              batch_size: int, amp: torch.dtype | None = None,
@@ -264,7 +190,7 @@ def evaluate(model: nn.Module, data: Split, mean: torch.Tensor, std: torch.Tenso
         x = normalize(data.x[start:start + batch_size], mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(x.device, amp):
+        with autocast(x.device, amp):
             logits = model(x).float()
             if tta:
                 logits += model(x.flip(3)).float()
@@ -320,7 +246,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     runtime = runtime_of(cfg, device)
     channels_last, use_compile = runtime["channels_last"], runtime["compile"]
     precision, auto = resolve_precision(tr.precision, device), resolve_precision("auto", device)
-    amp = _AUTOCAST[precision]
+    amp = autocast_dtype(precision, device)
     if device.type == "cpu" and precision not in ("fp32", auto):
         log.warning("trainer.precision=%s on this CPU: usually slower than fp32, often several "
                     "times (trainer.precision=auto uses %s here)", tr.precision, auto)
@@ -393,7 +319,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 lr = lr_at(step, total_steps, cfg.optimizer.lr, cfg.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with _autocast(device, amp):
+                with autocast(device, amp):
                     logits = forward(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=tr.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)

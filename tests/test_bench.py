@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from sweeper.engine import autocast_dtype
+from sweeper.device import autocast_dtype
 from tests.conftest import ROOT
 
 

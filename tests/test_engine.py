@@ -144,7 +144,8 @@ def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(tiny_cfg, capfd
 
 PAGE_FAULTS = """
 import resource, sys, torch
-from sweeper.engine import keep_freed_memory, train
+from sweeper.device import keep_freed_memory
+from sweeper.engine import train
 from tests.conftest import compose_cfg, TINY
 
 def faults_of_large_blocks(cycles=8):  # 64 MiB each, over glibc's largest mmap threshold (32 MiB)
@@ -190,7 +191,7 @@ def amx(request, monkeypatch):
 def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_amx(amx, monkeypatch):
     import torch
 
-    from sweeper.engine import autocast_dtype
+    from sweeper.device import autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype("auto", cpu) is (torch.bfloat16 if amx else None)
@@ -204,7 +205,7 @@ def test_auto_precision_is_bf16_on_cuda_and_on_cpus_with_amx(amx, monkeypatch):
 def test_amx_the_kernel_does_not_enable_means_fp32(monkeypatch):
     import torch
 
-    from sweeper.engine import autocast_dtype
+    from sweeper.device import autocast_dtype
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     monkeypatch.setattr(torch.cpu, "_init_amx", lambda: False, raising=False)

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from hydra_plugins.optuna_pruning_sweeper.sweeper import cores
-from sweeper.engine import autocast_dtype
+from sweeper.device import autocast_dtype
 from sweeper.trial import storage
 from tests.conftest import CONF, runs_of
 
