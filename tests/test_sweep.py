@@ -164,6 +164,9 @@ def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_pa
     ("optimizer.lr=interval(-0.5,0.1)", "error: optimizer.lr=interval(-0.5,0.1) can propose -0.5", 2),
     ("hydra/sweeper/sampler=grid", "error: optimizer.lr=tag(log, interval(0.01, 1.0)) is continuous", 2),
     ("model.blocks=[1,1,1]", "error: model.blocks=[1, 1, 1] is invalid: a list of 4", 2),
+    # a fixed value over a searched stage: every trial would train [3,3,3,3], whatever Optuna said
+    ("model.blocks=[3,3,3,3]", "error: model.blocks=[3,3,3,3] overlaps model.blocks.0, which this "
+     "sweep searches", 2),
 ])
 def test_a_bad_shared_setting_is_refused_before_any_trial(cifar_root, tmp_path, override, message,
                                                           code):

@@ -277,6 +277,7 @@ class OptunaPruningSweeper(Sweeper):
         space, fixed_lines, job_cfg, lines = self._search_space(arguments)
         shared = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])  # no hydra
         self._check_space(space, shared, lines)
+        _refuse_overlaps(space, fixed_lines, job_cfg.hydra.runtime.choices)
         self._preflight(_proposable(shared, space))
         if self.study_name is None:
             fixed_lines.append(self._name_study(lines))
@@ -436,6 +437,23 @@ class OptunaPruningSweeper(Sweeper):
 
 
 _MISSING = object()
+
+
+def _refuse_overlaps(space: dict, fixed_lines: list[str], groups: DictConfig) -> None:
+    """A fixed value that holds a searched key (model.blocks=[3,3,3,3] with model.blocks.0
+    searched), or lies inside one, would be applied over each trial's value: every trial would
+    train what the fixed value says while the study records what Optuna proposed."""
+    for line in fixed_lines:
+        key = line.split("=", 1)[0].lstrip("+~")
+        if key in groups:  # a group's option (model=tiny): searched values are applied over it
+            continue
+        for name in space:
+            searched = name.lstrip("+")
+            if searched.startswith(key + ".") or key.startswith(searched + "."):
+                raise ConfigError(f"{line} overlaps {searched}, which this sweep searches: each "
+                                  f"trial would train the fixed value, not the proposed one; drop "
+                                  f"{key} from the command line, or search it with a sweep preset "
+                                  f"of your own")
 
 
 def _threads_per_worker(n_jobs: int) -> int | None:
