@@ -75,15 +75,19 @@ def main(cfg: DictConfig) -> float:
         if cfg.trial.number is not None:
             raise  # the Optuna sweep records the trial as failed and goes on
         if multirun:  # Hydra's own sweep of a list of values stops at its first bad job
-            print(f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {e}",
-                  file=sys.stderr)
+            message = f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {e}"
         else:
-            print(f"error: {e}", file=sys.stderr)
+            message = f"error: {e}"
+        print(message, file=sys.stderr)
+        _to_log_file(message)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         if cfg.trial.number is not None:
             raise  # the sweep marks the trial FAIL and says how to resume
-        print("interrupted: results.json says status: interrupted", file=sys.stderr)
+        if (out_dir / "results.json").is_file():
+            print("interrupted: results.json says status: interrupted", file=sys.stderr)
+        else:
+            print("interrupted before training started: no results.json", file=sys.stderr)
         sys.exit(130)
     if result.status == "diverged" and not multirun:
         print(f"error: diverged: {result.message}", file=sys.stderr)
@@ -140,6 +144,14 @@ def _mask_hydra_files(out_dir: Path, hydra_cfg: DictConfig, multirun: bool) -> N
                 path.write_text(redact(text))
         except OSError:
             pass  # not there, or not ours to change: nothing to mask
+
+
+def _to_log_file(message: str) -> None:
+    """`message` into the job's log file (train.log) only: the terminal has had it on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _interrupt(signum, frame):

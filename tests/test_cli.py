@@ -168,6 +168,8 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(cifar_root, tmp_path, name):
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+    if name in ("blocks not 4", "root missing", "corrupted checkpoint"):  # the log says why, too
+        assert errors[0] in (run_dir / "train.log").read_text()
     results = run_dir / "results.json"
     if name == "corrupted checkpoint":
         assert (run_dir / "checkpoint.pt").read_bytes() == b"PK\x03\x04 cut short"  # kept as it was
