@@ -47,8 +47,9 @@ def study_of(tmp_path, name="smoke"):
 
 
 def test_trials_have_integer_stage_params_and_per_epoch_values(cifar_root, tmp_path):
-    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none",
-                            "trainer.epochs=3"), tmp_path)
+    (tmp_path / "data").symlink_to(cifar_root)  # a relative data.root, as users type it
+    args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none", "trainer.epochs=3")
+    proc = sweep(["data.root=data" if a.startswith("data.root=") else a for a in args], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = study_of(tmp_path).trials
     assert [t.number for t in trials] == [0, 1, 2]
@@ -67,8 +68,10 @@ def test_trials_have_integer_stage_params_and_per_epoch_values(cifar_root, tmp_p
 
     command = shlex.split((tmp_path / "multirun" / "best_command.txt").read_text())
     assert command[:3] == ["python", "-m", "sweeper.train"]
+    elsewhere = tmp_path / "elsewhere"  # the printed command works from any folder
+    elsewhere.mkdir()
     rerun = subprocess.run([sys.executable, *command[1:], f"hydra.run.dir={tmp_path}/best"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                           cwd=elsewhere, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     results = json.loads((tmp_path / "best" / "results.json").read_text())
     best = study_of(tmp_path).best_trial
