@@ -99,12 +99,14 @@ def cli() -> None:
     """`python -m sweeper.train`: malformed overrides and unknown options get one line, then Hydra."""
     from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
 
-    args, _ = get_args_parser().parse_known_args()
+    args, rest = get_args_parser().parse_known_args()
+    # overrides typed after a flag (`-m sweep=smoke x=1`) are left over here, and Hydra takes them
+    overrides = args.overrides + [arg for arg in rest if not arg.startswith("-")]
     try:
         dirs = [args.config_dir] if args.config_dir else []
         if args.config_path:  # -cp: absolute, or relative to this file as in @hydra.main
             dirs.append(Path(__file__).parent / args.config_path)
-        check_overrides(args.overrides, dirs)
+        check_overrides(overrides, dirs)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

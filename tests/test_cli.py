@@ -220,3 +220,16 @@ def test_ctrl_c_leaves_a_run_marked_interrupted(cifar_root, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and 1 <= results["epochs_completed"] < 500
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tracking=off", "-m", "sweep=smoke", "model.blok=3"], "model.blok is not a config key"),
+    (["--multirun", "sweep=smoke", "hydra.sweeper.n_trials=abc"],
+     "hydra.sweeper.n_trials=abc is invalid: an int"),
+])
+def test_overrides_after_a_flag_are_checked_too(tmp_path, args, message):
+    """Hydra takes overrides on both sides of -m; they were checked only before it."""
+    proc = run_cli(*args, f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}")
+    assert not (tmp_path / "sweep").exists()
