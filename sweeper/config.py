@@ -168,7 +168,10 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
         if group.startswith(_SWEEPER + "sampler.") and not override.is_delete():
             _check_sampler_key(override, samplers[-1:] or _SAMPLERS)
         elif group.startswith(_SWEEPER) and not override.is_delete():
-            _check_sweeper_key(override)
+            # our sweeper comes from a sweep preset, or maybe from an experiment or a user's conf
+            chosen = len(dirs) > 1 or any(o.key_or_group in ("sweep", "hydra/sweeper", "experiment")
+                                          for o in parsed)
+            _check_sweeper_key(override, chosen)
         if group.startswith("hydra") or (override.is_delete() and folders):
             continue
         if not folders:
@@ -215,16 +218,34 @@ def _check_option(override: Any, group: str, allowed: list[str]) -> None:
                               f"allowed values are {', '.join(allowed)}")
 
 
-def _check_sweeper_key(override: Any) -> None:
+def _check_sweeper_key(override: Any, chosen: bool) -> None:
     """`hydra.sweeper.<field>=value` of our sweeper must fit the field's type (Hydra says a wrong
-    one over four lines). Fields it does not have are left to Hydra (another sweeper's)."""
+    one over four lines), and needs our sweeper chosen (a sweep= preset), where Hydra would advise
+    a `+`. A misspelt field gets a did-you-mean; other fields are left to Hydra (another sweeper's,
+    such as the basic sweeper's params and max_batch_size)."""
+    import difflib
+
     from omegaconf import OmegaConf
 
     from hydra_plugins.optuna_pruning_sweeper.config import OptunaPruningSweeperConf
 
     schema = OmegaConf.structured(OptunaPruningSweeperConf)
-    if OmegaConf.select(schema, override.key_or_group[len(_SWEEPER):], default=_ABSENT) is not _ABSENT:
-        _check_key(override, schema, prefix=_SWEEPER)
+    key = override.key_or_group[len(_SWEEPER):]
+    field = key.split(".")[0]
+    if field in ("params", "max_batch_size") or override.is_add() or override.is_force_add():
+        return  # Hydra's basic sweeper has these too; `+` keys are the user's own
+    if field in schema:
+        if not chosen:
+            presets = ", ".join(sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
+            raise ConfigError(f"{override.key_or_group} is a setting of the Optuna sweeper, which a "
+                              f"sweep preset chooses: add sweep=<preset> ({presets}) and --multirun")
+        if OmegaConf.select(schema, key, default=_ABSENT) is not _ABSENT:
+            _check_key(override, schema, prefix=_SWEEPER)
+        return
+    fields = [str(k) for k in schema if not str(k).startswith("_") and k != "defaults"]
+    if guess := difflib.get_close_matches(field, fields, n=1):
+        raise ConfigError(f"{override.key_or_group} is not a config key (did you mean "
+                          f"{_SWEEPER}{guess[0]}?): the Optuna sweeper has {', '.join(fields)}")
 
 
 def _check_sampler_key(override: Any, samplers: list[str]) -> None:

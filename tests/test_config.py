@@ -161,10 +161,12 @@ def test_a_typo_inside_a_preset_file_fails_at_compose_time(tmp_path):
     ("hydra.sweeper.sampler.seed=abc", "hydra.sweeper.sampler.seed=abc is invalid: an int or null"),
     ("hydra.sweeper.sampler.seeed=1", "hydra.sweeper.sampler.seeed is not a key of any Optuna "
                                       "sampler (did you mean hydra.sweeper.sampler.seed?)"),
+    ("hydra.sweeper.n_trial=3", "hydra.sweeper.n_trial is not a config key (did you mean "
+                                "hydra.sweeper.n_trials?): the Optuna sweeper has sampler, pruner,"),
 ])
 def test_check_overrides_names_an_unknown_key_or_a_wrong_type_in_one_line(override, message):
     with pytest.raises(ConfigError) as info:
-        check_overrides([override])
+        check_overrides(["sweep=smoke", override])
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
@@ -177,7 +179,19 @@ def test_check_overrides_names_an_unknown_key_or_a_wrong_type_in_one_line(overri
     "hydra.sweeper.sampler.population_size=10",
 ])
 def test_check_overrides_lets_valid_overrides_and_sweeps_through(override):
-    check_overrides([override])
+    check_overrides(["sweep=smoke", override])
+
+
+@pytest.mark.parametrize("overrides", [["hydra.sweeper.n_trials=5"], ["hydra.sweeper.storage=null"]])
+def test_a_setting_of_the_optuna_sweeper_without_a_sweep_preset_says_to_add_one(overrides):
+    """Hydra's own error advises `+hydra.sweeper.n_trials=5`, which is not the fix."""
+    with pytest.raises(ConfigError) as info:
+        check_overrides(overrides)
+    assert str(info.value).endswith("is a setting of the Optuna sweeper, which a sweep preset "
+                                    "chooses: add sweep=<preset> (blocks_lr, blocks_size, lr, smoke) "
+                                    "and --multirun")
+    check_overrides(["hydra/sweeper=optuna_pruning", *overrides])  # chosen by hand: fine
+    check_overrides(["experiment=smoke", *overrides])  # a preset (a user's) may choose it
 
 
 def test_a_sampler_key_is_checked_against_the_sampler_chosen_on_the_command_line():
