@@ -301,6 +301,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             refuse_completed(out_dir)
             log.info("trainer.resume: no %s yet, starting from scratch", ckpt_path)
     start, first_epoch = time.perf_counter(), result.epochs_completed + 1
+    paced_from = None  # the end of this process's first step: the time left is paced from there
     above_bars = _log_above_bars()  # log lines over the progress bar, not glued to it
     above_bars.__enter__()
     try:
@@ -329,6 +330,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 if ema is not None:
                     ema.update_parameters(model)
                 step += 1
+                if paced_from is None:
+                    paced_from = time.perf_counter()
                 if not result.startup_s:  # a start's cost: data, model, compile, first step
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
@@ -368,8 +371,11 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             tracker.log_metrics(metrics, step=epoch)
             result.epochs_completed, result.val_acc = epoch, metrics["val/acc"]
             result.images_per_s = epoch * per_epoch / result.train_time_s
-            # what is left, at this process's pace so far (evaluation included)
-            left = (time.perf_counter() - start) / (epoch - first_epoch + 1) * (tr.epochs - epoch)
+            # what is left at this process's pace since its first step (which may have compiled),
+            # evaluation included
+            steps_since = (epoch - first_epoch + 1) * steps_per_epoch - 1
+            left = ((time.perf_counter() - paced_from) / steps_since if steps_since else
+                    time.perf_counter() - start) * (tr.epochs - epoch) * steps_per_epoch
             log.info("epoch %d/%d: train/loss %.4f  train/acc %.4f  val/acc %.4f  lr %.4g  "
                      "(%.1f s, %.0f img/s%s)", epoch, tr.epochs, metrics["train/loss"],
                      metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"],
@@ -441,8 +447,10 @@ def _log_above_bars():
 
 def duration(seconds: float) -> str:
     """A span of time as a person reads it: 45 s, 12 min, 3 h 05 min."""
+    if seconds < 0.5:
+        return "under 1 s"
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{max(1, round(seconds))} s"
     minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
 

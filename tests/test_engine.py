@@ -108,7 +108,7 @@ def test_evaluate_with_tta_is_mirror_invariant():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("seconds, text", [(0.4, "0 s"), (89, "89 s"), (90, "2 min"),
+@pytest.mark.parametrize("seconds, text", [(0.4, "under 1 s"), (0.5, "1 s"), (89, "89 s"), (90, "2 min"),
                                            (5369, "89 min"), (5400, "1 h 30 min"),
                                            (45_600, "12 h 40 min")])
 def test_time_left_reads_as_a_person_says_it(seconds, text):
