@@ -33,9 +33,20 @@ def writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = True) ->
     return path
 
 
+# Hydra's .hydra/ snapshot of a run already in hydra.run.dir, read before Hydra overwrites it
+_earlier_snapshot: dict[Path, bytes] = {}
+
+
 class OutputDirCheck(Callback):
     def on_run_start(self, config, **kwargs) -> None:
         _check(config.hydra.run.dir, "hydra.run.dir")
+        _earlier_snapshot.clear()
+        if config.hydra.output_subdir is not None:
+            for path in (Path(config.hydra.run.dir) / config.hydra.output_subdir).glob("*.yaml"):
+                try:
+                    _earlier_snapshot[path] = path.read_bytes()
+                except OSError:
+                    pass  # unreadable: nothing to put back
 
     def on_multirun_start(self, config, **kwargs) -> None:
         _check(config.hydra.sweep.dir, "hydra.sweep.dir")
@@ -47,3 +58,13 @@ def _check(path: str, key: str) -> None:
     except SweeperError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+
+
+def restore_earlier_snapshot() -> None:
+    """Put back the .hydra/ snapshot of the run already in hydra.run.dir: a refused run (a resume
+    with other settings, a bad value) must not leave that run described by its own overrides."""
+    for path, data in _earlier_snapshot.items():
+        try:
+            path.write_bytes(data)
+        except OSError:
+            pass  # not ours to change any more: leave it

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper.config import absolute_sqlite_url, check_overrides, register
 from sweeper.engine import preflight, train
 from sweeper.errors import ConfigError, SweeperError
+from sweeper.outputs import restore_earlier_snapshot
 from sweeper.stores import redact
 from sweeper.tracking import open_tracker
 
@@ -40,6 +41,7 @@ def main(cfg: DictConfig) -> float:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     out_dir = Path(hydra_cfg.runtime.output_dir)
     _mask_hydra_files(out_dir, hydra_cfg, multirun)
+    started = False  # whether this run has written its config.yaml: past that, it is its folder
     try:
         if hydra_cfg.runtime.choices.get("sweep") and not multirun:
             raise ConfigError(f"sweep={hydra_cfg.runtime.choices['sweep']} needs --multirun: "
@@ -64,6 +66,7 @@ def main(cfg: DictConfig) -> float:
         with open_tracker(cfg, run_name=cfg.tracking.run_name,
                           parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
             (out_dir / "config.yaml").write_text(redact_yaml(cfg))  # once the store has opened
+            started = True
             try:
                 result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
             except RuntimeError as e:  # torch.OutOfMemoryError too
@@ -78,6 +81,8 @@ def main(cfg: DictConfig) -> float:
             message = f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {e}"
         else:
             message = f"error: {e}"
+            if not started:
+                restore_earlier_snapshot()
         print(message, file=sys.stderr)
         _to_log_file(message)
         sys.exit(e.exit_code)

@@ -155,6 +155,8 @@ def _launch_bad(name: str, cifar_root: Path, tmp: Path):
         run_dir.mkdir()
         (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
         (run_dir / "config.yaml").write_text("# the run that wrote the checkpoint\n")
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=0.2\n")
     return run_cli(*TINY, f"data.root={root}", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp), run_dir
 
 
@@ -175,6 +177,8 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(cifar_root, tmp_path, name):
         assert (run_dir / "checkpoint.pt").read_bytes() == b"PK\x03\x04 cut short"  # kept as it was
         # the refused run did not overwrite the config of the run it would have resumed
         assert (run_dir / "config.yaml").read_text() == "# the run that wrote the checkpoint\n"
+        # nor Hydra's snapshot of it with the refused run's overrides
+        assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- optimizer.lr=0.2\n"
     elif name not in ("diverged", "read-only output dir", "out of memory"):
         assert not (run_dir / "config.yaml").exists()  # refused before anything is written
     if name == "unreachable tracking server":  # Hydra's own snapshots in .hydra/ are masked too
