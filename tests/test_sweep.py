@@ -218,7 +218,8 @@ def test_ctrl_c_fails_the_running_trial_and_says_how_to_resume(cifar_root, tmp_p
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
-        "interrupted: the running trial is FAIL; run the same command to resume study 'smoke'")
+        "interrupted: the running trial is FAIL, and counts as one of the study's 2 trials; run the "
+        "same command to resume study 'smoke' (with hydra.sweeper.n_trials=3 to replace that trial)")
     [trial] = study_of(tmp_path).trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted"
 

@@ -84,8 +84,10 @@ class OptunaPruningSweeper(Sweeper):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            print(f"interrupted: the running trial is FAIL; run the same command to resume study "
-                  f"'{self.study_name}'", file=sys.stderr)
+            print(f"interrupted: the running trial is FAIL, and counts as one of the study's "
+                  f"{self.n_trials} trials; run the same command to resume study "
+                  f"'{self.study_name}' (with hydra.sweeper.n_trials={self.n_trials + 1} to replace "
+                  f"that trial)", file=sys.stderr)
             sys.exit(130)
 
     # -- set-up ------------------------------------------------------------------------------------
