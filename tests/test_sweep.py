@@ -170,6 +170,8 @@ def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_pa
     # a fixed value over a searched stage: every trial would train [3,3,3,3], whatever Optuna said
     ("model.blocks=[3,3,3,3]", "error: model.blocks=[3,3,3,3] overlaps model.blocks.0, which this "
      "sweep searches", 2),
+    ("trainer.resume=true", "error: trainer.resume=true is for a single run; a sweep's trials keep "
+     "no checkpoints", 2),
 ])
 def test_a_bad_shared_setting_is_refused_before_any_trial(cifar_root, tmp_path, override, message,
                                                           code):

@@ -211,6 +211,9 @@ class OptunaPruningSweeper(Sweeper):
         of failed trials. Jobs of a cluster launcher check their device and data where they run."""
         from sweeper.engine import preflight
 
+        if job_cfg.trainer.resume:  # trials write no checkpoints: a sweep resumes as a whole
+            raise ConfigError("trainer.resume=true is for a single run; a sweep's trials keep no "
+                              "checkpoints, and the sweep resumes when the same command runs again")
         cfg = job_cfg.copy()
         cfg.data.root = str(Path(str(cfg.data.root)).absolute())
         preflight(cfg, local=self._jobs_run_here())
