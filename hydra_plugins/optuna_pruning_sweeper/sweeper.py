@@ -18,7 +18,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +33,14 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig, OmegaConf, read_write
 
 import hydra_plugins.optuna_pruning_sweeper.config  # noqa: F401  (registers hydra/sweeper)
+from hydra_plugins.optuna_pruning_sweeper.study import (
+    count_failures,
+    fail_stale_trials,
+    heartbeat,
+    lost,
+    study_lock,
+    tell,
+)
 from sweeper import sweep_report
 from sweeper.config import absolute_sqlite_url
 from sweeper.errors import ConfigError, SweeperError
@@ -160,7 +167,7 @@ class OptunaPruningSweeper(Sweeper):
                 with _quiet():
                     storage = trial_storage(
                         self.storage, heartbeat_interval=self.heartbeat_s,
-                        grace_period=3 * self.heartbeat_s, heartbeat_stale_trial_callback=_lost)
+                        grace_period=3 * self.heartbeat_s, heartbeat_stale_trial_callback=lost)
             study = optuna.create_study(study_name=self.study_name, storage=storage,
                                         directions=self.directions, load_if_exists=True)
         except Exception as e:
@@ -291,8 +298,8 @@ class OptunaPruningSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         worker = os.environ.get("SWEEPER_WORKER") is not None
-        with _study_lock(self.storage):  # workers starting together: one parent run, not two
-            _fail_stale_trials(study)
+        with study_lock(self.storage):  # workers starting together: one parent run, not two
+            fail_stale_trials(study)
             parent = sweep_report.parent_run(job_cfg, study, self, space,
                                              resume_id=os.environ.get("SWEEPER_PARENT_RUN_ID"))
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s", self.study_name,
@@ -308,12 +315,12 @@ class OptunaPruningSweeper(Sweeper):
                      "OMP_NUM_THREADS to choose)", self.n_jobs, threads)
         helpers = [] if worker else self._start_workers(sweep_dir, parent)
         allowed_failures = math.floor(self.max_failure_rate * self.n_trials)
-        failed_before = _count_failures(study)  # an earlier run's failures, fixed since: not counted
+        failed_before = count_failures(study)  # an earlier run's failures, fixed since: not counted
         try:
             while (trial := self._ask(study, space)) is not None:
                 self._run_trial(study, trial, fixed_lines, parent)
                 sweep_report.progress(parent, study)
-                failures = _count_failures(study) - failed_before
+                failures = count_failures(study) - failed_before
                 if failures > allowed_failures:
                     raise SweepError(
                         f"{failures} trials failed in this run, more than hydra.sweeper."
@@ -339,7 +346,7 @@ class OptunaPruningSweeper(Sweeper):
             return
 
         def others():
-            with _study_lock(self.storage), _quiet():
+            with study_lock(self.storage), _quiet():
                 optuna.storages.fail_stale_trials(study)
             return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                     if t.user_attrs.get("heartbeat_s")]
@@ -356,7 +363,7 @@ class OptunaPruningSweeper(Sweeper):
 
     def _ask(self, study: optuna.Study, space: dict) -> optuna.Trial | None:
         """A new trial, or None once the study holds n_trials (atomic across workers)."""
-        with _study_lock(self.storage):
+        with study_lock(self.storage):
             with _quiet():
                 optuna.storages.fail_stale_trials(study)  # trials whose worker stopped beating
             n = len(study.get_trials(deepcopy=False))
@@ -381,7 +388,7 @@ class OptunaPruningSweeper(Sweeper):
             trial.set_user_attr("duplicate_of", same.number)
             log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number, same.number,
                      trial.params)
-            _tell(study, trial, same.values, state=same.state)
+            tell(study, trial, same.values, state=same.state)
             return
         overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed_lines + [
             f"trial.number={trial.number}", f"trial.study={self.study_name}",
@@ -390,11 +397,11 @@ class OptunaPruningSweeper(Sweeper):
             overrides.append(f"tracking.parent_run_id={parent.run_id}")
         log.info("Trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in trial.params.items()))
         try:
-            with _heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
+            with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
                 [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
         except BaseException:
             trial.set_user_attr("reason", "interrupted")
-            _tell(study, trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             raise
         results = sweep_report.results_of(ret)  # read once: the outcome and where it ran
         state, values, reason = sweep_report.outcome(ret, results, self.objectives)
@@ -403,7 +410,7 @@ class OptunaPruningSweeper(Sweeper):
             state = TrialState.FAIL  # Optuna prunes single-objective studies only
         if reason:
             trial.set_user_attr("reason", reason)
-        _tell(study, trial, values if state == TrialState.COMPLETE else None, state=state)
+        tell(study, trial, values if state == TrialState.COMPLETE else None, state=state)
         log.info("Trial %d: %s%s", trial.number, state.name,
                  f" {values}" if state == TrialState.COMPLETE else f" ({reason})")
 
@@ -507,81 +514,6 @@ def _recipe(job_cfg: DictConfig, space: dict) -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def _study_lock(storage: str | None):
-    """Serialize ask() between workers: a file lock for SQLite, an advisory lock for PostgreSQL."""
-    if storage and storage.startswith("sqlite:///"):
-        import fcntl
-
-        with open(storage[len("sqlite:///"):] + ".lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-        return
-    if storage and storage.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(727272)"))
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727272)"))
-        return
-    yield
-
-
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed worker on this machine become FAIL (no RUNNING forever)."""
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("worker", "")
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
-            log.warning("Trial %d was left running by a killed sweep (%s): marking it FAIL",
-                        t.number, owner)
-            optuna.trial.Trial(study, t._trial_id).set_user_attr("reason", "killed")
-            _tell(study, t.number, state=TrialState.FAIL)
-
-
-@contextlib.contextmanager
-def _heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: int):
-    """Record `trial`'s heartbeat now and every `interval_s` seconds until the block ends."""
-    if not interval_s:
-        yield
-        return
-    storage, trial_id = study._storage, trial._trial_id
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(interval_s):
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as e:  # retried at the next beat; three misses lose the trial
-                log.warning("Trial %d: heartbeat not recorded (%s)", trial.number,
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def _lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    log.warning("Trial %d stopped sending heartbeats (its worker %s died): marked FAIL",
-                trial.number, trial.user_attrs.get("worker", "?"))
-
-
-def _count_failures(study: optuna.Study) -> int:
-    """Failed trials of the whole study, all workers; trials killed with their sweep and trials
-    whose worker died (failed by heartbeat, so without a reason) do not count."""
-    return sum(t.user_attrs.get("reason", "lost") not in ("killed", "interrupted", "lost")
-               for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-
-
 def _ends(dist) -> tuple:
     """The values a distribution can propose at its ends: each choice, or the low and high ends."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
@@ -598,28 +530,3 @@ def _proposable(shared: DictConfig, space: dict) -> DictConfig:
             with contextlib.suppress(Exception):  # an absent key or a wrong type: said later
                 OmegaConf.update(cfg, name, _ends(dist)[0], merge=False)
     return cfg
-
-
-def _tell(study: optuna.Study, trial, values=None, state=None) -> None:
-    """study.tell, except that GridSampler's `study.stop()` once the grid is used up is harmless
-    here (the sweep already stops at n_trials, capped to the grid size); the tell itself is stored."""
-    try:
-        study.tell(trial, values, state=state)
-    except RuntimeError as e:
-        if "Study.stop" not in str(e):
-            raise
-    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
-        # another worker already ended it (its heartbeats stopped arriving for a while)
-        number = trial if isinstance(trial, int) else trial.number
-        log.warning("Trial %d was already ended by another worker (%s); its outcome is not "
-                    "recorded", number, str(e).splitlines()[0])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

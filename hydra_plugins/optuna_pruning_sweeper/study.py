@@ -1,0 +1,118 @@
+"""The study every worker shares: a lock around ask(), stale and lost trials, heartbeats, tell.
+
+Workers on one machine or many open the same Optuna storage (SQLite or PostgreSQL); these keep
+their trials consistent with each other and with workers that were killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+
+import optuna
+
+log = logging.getLogger(__name__)
+TrialState = optuna.trial.TrialState
+
+
+@contextlib.contextmanager
+def study_lock(storage: str | None):
+    """Serialize ask() between workers: a file lock for SQLite, an advisory lock for PostgreSQL."""
+    if storage and storage.startswith("sqlite:///"):
+        import fcntl
+
+        with open(storage[len("sqlite:///"):] + ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        return
+    if storage and storage.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(727272)"))
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727272)"))
+        return
+    yield
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed worker on this machine become FAIL (no RUNNING forever)."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("worker", "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host == host and pid.isdigit() and not alive(int(pid)):
+            log.warning("Trial %d was left running by a killed sweep (%s): marking it FAIL",
+                        t.number, owner)
+            optuna.trial.Trial(study, t._trial_id).set_user_attr("reason", "killed")
+            tell(study, t.number, state=TrialState.FAIL)
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: int):
+    """Record `trial`'s heartbeat now and every `interval_s` seconds until the block ends."""
+    if not interval_s:
+        yield
+        return
+    storage, trial_id = study._storage, trial._trial_id
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(interval_s):
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as e:  # retried at the next beat; three misses lose the trial
+                log.warning("Trial %d: heartbeat not recorded (%s)", trial.number,
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    log.warning("Trial %d stopped sending heartbeats (its worker %s died): marked FAIL",
+                trial.number, trial.user_attrs.get("worker", "?"))
+
+
+def count_failures(study: optuna.Study) -> int:
+    """Failed trials of the whole study, all workers; trials killed with their sweep and trials
+    whose worker died (failed by heartbeat, so without a reason) do not count."""
+    return sum(t.user_attrs.get("reason", "lost") not in ("killed", "interrupted", "lost")
+               for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+
+def tell(study: optuna.Study, trial, values=None, state=None) -> None:
+    """study.tell, except that GridSampler's `study.stop()` once the grid is used up is harmless
+    here (the sweep already stops at n_trials, capped to the grid size); the tell itself is stored."""
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
+        # another worker already ended it (its heartbeats stopped arriving for a while)
+        number = trial if isinstance(trial, int) else trial.number
+        log.warning("Trial %d was already ended by another worker (%s); its outcome is not "
+                    "recorded", number, str(e).splitlines()[0])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
