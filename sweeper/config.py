@@ -8,6 +8,7 @@ wrong type fails when Hydra composes the config. `validate` then checks what typ
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,11 @@ class Config:
     seed: int = 0  # seeds weights, the validation split, shuffling and augmentation
 
 
+def absolute_path(path: str) -> str:
+    """`path` from the launch folder, absolute and normalised: what every job and worker opens."""
+    return os.path.normpath(os.path.abspath(path))
+
+
 def absolute_sqlite_url(url: str | None) -> str | None:
     """`sqlite:///x.db` -> `sqlite:////launch/dir/x.db`, so every job and worker opens the same file."""
     prefix = "sqlite:///"
@@ -160,6 +166,9 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
     schema = None  # the typed config, built for the first plain key=value override
     samplers = [o.value() for o in parsed if o.key_or_group == "hydra/sweeper/sampler"
                 and not o.is_delete() and not o.is_sweep_override() and o.value() in _SAMPLERS]
+    # our sweeper comes from a sweep preset, or maybe from an experiment or a user's conf
+    sweeper_chosen = len(dirs) > 1 or any(o.key_or_group in ("sweep", "hydra/sweeper", "experiment")
+                                          for o in parsed)
     for override in parsed:
         group = override.key_or_group
         folders = [d / group for d in dirs if (d / group).is_dir()]
@@ -168,10 +177,7 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
         if group.startswith(_SWEEPER + "sampler.") and not override.is_delete():
             _check_sampler_key(override, samplers[-1:] or _SAMPLERS)
         elif group.startswith(_SWEEPER) and not override.is_delete():
-            # our sweeper comes from a sweep preset, or maybe from an experiment or a user's conf
-            chosen = len(dirs) > 1 or any(o.key_or_group in ("sweep", "hydra/sweeper", "experiment")
-                                          for o in parsed)
-            _check_sweeper_key(override, chosen)
+            _check_sweeper_key(override, sweeper_chosen)
         if group.startswith("hydra") or (override.is_delete() and folders):
             continue
         if not folders:

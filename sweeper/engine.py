@@ -301,7 +301,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             refuse_completed(out_dir)
             log.info("trainer.resume: no %s yet, starting from scratch", ckpt_path)
     start, first_epoch = time.perf_counter(), result.epochs_completed + 1
-    paced_from = None  # the end of this process's first step: the time left is paced from there
+    paced_from = None  # the end of this call's first step: the time left is paced from there
     above_bars = _log_above_bars()  # log lines over the progress bar, not glued to it
     above_bars.__enter__()
     try:
@@ -330,12 +330,11 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 if ema is not None:
                     ema.update_parameters(model)
                 step += 1
-                if paced_from is None:
-                    paced_from = time.perf_counter()
                 if not result.startup_s:  # a start's cost: data, model, compile, first step
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
-                    result.startup_s = time.perf_counter() - entered
+                    paced_from = time.perf_counter()
+                    result.startup_s = paced_from - entered
                     result.first_step_at = time.time()
                     log.info("First step after %.1f s", result.startup_s)
                 loss = loss.detach().float()

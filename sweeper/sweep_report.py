@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import optuna
 from omegaconf import OmegaConf
 
 from sweeper import stores, tracking
-from sweeper.config import absolute_sqlite_url
+from sweeper.config import absolute_path, absolute_sqlite_url
 
 log = logging.getLogger(__name__)
 TrialState = optuna.trial.TrialState
@@ -176,7 +175,7 @@ def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial,
     cfg.tracking.run_name = f"best-of-{best.number}"
     cfg.tracking.parent_run_id = None
     # paths as the trial resolved them (from the launch folder), so the preset runs from any folder
-    cfg.data.root = os.path.normpath(os.path.abspath(OmegaConf.select(cfg, "data.root")))
+    cfg.data.root = absolute_path(OmegaConf.select(cfg, "data.root"))
     cfg.tracking.uri = absolute_sqlite_url(OmegaConf.select(cfg, "tracking.uri"))
     preset = sweep_dir / "experiment" / "best.yaml"
     preset.parent.mkdir(exist_ok=True)

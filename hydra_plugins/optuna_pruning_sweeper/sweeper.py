@@ -42,7 +42,7 @@ from hydra_plugins.optuna_pruning_sweeper.study import (
     tell,
 )
 from sweeper import sweep_report
-from sweeper.config import absolute_sqlite_url
+from sweeper.config import absolute_path, absolute_sqlite_url
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.stores import redact
 from sweeper.trial import PRUNERS
@@ -222,7 +222,7 @@ class OptunaPruningSweeper(Sweeper):
             raise ConfigError("trainer.resume=true is for a single run; a sweep's trials keep no "
                               "checkpoints, and the sweep resumes when the same command runs again")
         cfg = job_cfg.copy()
-        cfg.data.root = str(Path(str(cfg.data.root)).absolute())
+        cfg.data.root = absolute_path(str(cfg.data.root))
         preflight(cfg, local=self._jobs_run_here())
 
     def _jobs_run_here(self) -> bool:
