@@ -63,17 +63,17 @@ width, w = next(iter(b["widths"].items()))
 print(f"\n{b['device']}, torch {b['torch']}, {b['date']}")
 for name, rate in w["images_per_s"].items():
     label = f"train img/s, {name} ({b['blocks']} w{width}, batch {b['batch_size']})"
-    print(f"{label:<50}{rate['median']:>12.0f}")
+    print(f"{label:<60}{rate['median']:>12.0f}")
 r = w["ratio_to_reference"]["sweeper"]
-print(f"{'x reference, median [min, max]':<50}{r['median']:>12.2f} [{r['min']:.2f}, {r['max']:.2f}]")
-print(f"{'fresh process: launch to first step, s':<50}"
+print(f"{'x reference, median [min, max]':<60}{r['median']:>12.2f} [{r['min']:.2f}, {r['max']:.2f}]")
+print(f"{'fresh process: launch to first step, s':<60}"
       f"{b['fresh_process']['launch_to_first_step_s']:>12.1f}")
-print(f"{'fast: status':<50}{f['status']:>12}")
-print(f"{'fast: test accuracy, %':<50}{100 * (f['test/acc'] or 0):>12.2f}")
-print(f"{'fast: training time (all epochs, no eval), s':<50}{f['train_time_s']:>12.1f}")
-print(f"{'fast: train() call to first step, s':<50}{f['startup_s']:>12.1f}")
-print(f"{'fast: train img/s':<50}{f['images_per_s']:>12.0f}")
-print(f"{'fast: whole command, s':<50}{end - start:>12.1f}")
+print(f"{'fast: status':<60}{f['status']:>12}")
+print(f"{'fast: test accuracy, %':<60}{100 * (f['test/acc'] or 0):>12.2f}")
+print(f"{'fast: training time (all epochs, no eval), s':<60}{f['train_time_s']:>12.1f}")
+print(f"{'fast: train() call to first step, s':<60}{f['startup_s']:>12.1f}")
+print(f"{'fast: train img/s':<60}{f['images_per_s']:>12.0f}")
+print(f"{'fast: whole command, s':<60}{end - start:>12.1f}")
 PY
     ;;
 *)
