@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ def finish(study: optuna.Study, sweeper: Any, sweep_dir: Path, parent) -> None:
     log.info("%s", summary_table(study, sweeper.objectives))
     files = [results_path]
     if len(study.directions) == 1:
-        preset, command = write_best_preset(sweep_dir, best, study.study_name)
+        preset, command = write_best_preset(sweep_dir, best, study.study_name,
+                                            getattr(sweeper, "compose_trial", None))
         files.append(preset)
         log.info("Best trial %d: %s = %s\nRe-run it with:\n  %s", best.number, sweeper.objectives[0],
                  best.value, command)
@@ -166,11 +168,21 @@ def summary_table(study: optuna.Study, objectives: list[str], top: int = 10) -> 
     return "\n".join(lines)
 
 
-def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial,
-                      study_name: str = "") -> tuple[Path, str]:
-    """experiment/best.yaml: the best trial's composed config as a preset, and the command to run it."""
+def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial, study_name: str = "",
+                      compose: Any = None) -> tuple[Path, str]:
+    """experiment/best.yaml: the best trial's composed config as a preset, and the command to run it.
+
+    The config comes from the trial's folder when that holds the trial's parameters; else (the
+    trial ran on another machine, without a shared disk) from `compose(best)`.
+    """
     job_config = sweep_dir / str(best.number) / ".hydra" / "config.yaml"
-    cfg = OmegaConf.load(job_config)
+    cfg = OmegaConf.load(job_config) if job_config.is_file() else None
+    if (cfg is None or not _holds(cfg, best.params)) and compose is not None:
+        log.info("Trial %d's folder is not on this machine (its worker was %s): best.yaml is "
+                 "composed from its parameters", best.number, best.user_attrs.get("worker", "?"))
+        cfg = compose(best)
+    if cfg is None:
+        raise FileNotFoundError(job_config)
     cfg.trial = {"number": None, "study": None}
     cfg.tracking.run_name = f"best-of-{best.number}"
     cfg.tracking.parent_run_id = None
@@ -186,6 +198,16 @@ def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial,
                + shlex.quote(f"hydra.searchpath=[file://{sweep_dir}]") + " experiment=best")
     (sweep_dir / "best_command.txt").write_text(command + "\n")
     return preset, command
+
+
+def _holds(cfg: Any, params: dict) -> bool:
+    """Whether `cfg` has each of a trial's `params` (keys as searched: `+key` adds a key)."""
+    for key, value in params.items():
+        held = OmegaConf.select(cfg, key.lstrip("+"), default=None)
+        if not (held == value or isinstance(value, float) and isinstance(held, (int, float))
+                and math.isclose(held, value, rel_tol=1e-9)):
+            return False
+    return True
 
 
 def plots(study: optuna.Study, sweep_dir: Path) -> list[Path]:

@@ -9,6 +9,7 @@ truthfully. The engine only calls `log_facts`, `log_metrics` and `resumes`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -94,6 +95,8 @@ class MlflowTracker:
     def __enter__(self) -> MlflowTracker:
         import mlflow  # noqa: F401  (imported here: tracking off costs nothing)
         from mlflow import MlflowClient
+
+        _bounded_retries()
 
         check_reachable(self.uri)
         with opening(self.uri):
@@ -224,6 +227,18 @@ def open_tracker(cfg: Any, **kwargs: Any) -> NullTracker | MlflowTracker:
     return MlflowTracker(cfg, cfg.tracking, **kwargs)
 
 
+# MLflow retries a failed HTTP request 7 times, waiting 2, 4, ... 128 s: about 4 minutes per request,
+# so a tracking server that died held a sweep for 8 minutes before its trial failed. Four retries
+# 1-8 s apart ride out a server's restart (about 15 s in all); the user's own settings win.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+def _bounded_retries() -> None:
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
 def _now_ms() -> int:
     import time
 
@@ -273,6 +288,7 @@ def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str], run_id: 
     Optuna storage) never gets this study's parent: the name alone does not find it."""
     from mlflow import MlflowClient
 
+    _bounded_retries()
     uri = cfg.tracking.uri
     check_reachable(uri)
     with opening(uri):

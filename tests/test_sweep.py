@@ -1,6 +1,7 @@
 """Sweeps as users run them: real `--multirun` subprocesses, tiny synthetic data, CPU."""
 
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -12,6 +13,7 @@ import uuid
 
 import optuna
 import pytest
+import sqlalchemy
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -172,6 +174,12 @@ def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_pa
      "sweep searches", 2),
     ("trainer.resume=true", "error: trainer.resume=true is for a single run; a sweep's trials keep "
      "no checkpoints", 2),
+    # an in-memory study: every trial failed, and each worker had a study of its own
+    ("hydra.sweeper.storage=null", "error: hydra.sweeper.storage=null is invalid: a database URL "
+     "that keeps the study, e.g. sqlite:///optuna.db", 2),
+    ("hydra.sweeper.storage=postgres://me@127.0.0.1/db", "error: hydra.sweeper.storage=postgres://"
+     "me@127.0.0.1/db is invalid: SQLAlchemy names PostgreSQL postgresql://", 2),
+    ("hydra.sweeper.study_name=", "error: hydra.sweeper.study_name='' is invalid: a name, or null", 2),
 ])
 def test_a_bad_shared_setting_is_refused_before_any_trial(cifar_root, tmp_path, override, message,
                                                           code):
@@ -204,6 +212,116 @@ def test_a_study_refuses_a_run_with_other_shared_settings(cifar_root, tmp_path):
                             n_trials=2), tmp_path)
     assert more.returncode == 0, more.stderr[-3000:]
     assert len(study_of(tmp_path).trials) == 2
+
+
+def test_a_study_refuses_a_run_that_searches_other_keys(cifar_root, tmp_path):
+    """Two sweep presets given one study name: the second's trials would join the first's study,
+    report its best trial, and list their own stage counts as None."""
+    first = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=1), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "sweep=lr",
+                             "hydra.sweeper.study_name=smoke", "model=tiny", "data.val_size=50",
+                             "data.train_size=null", "data.test_size=null", "model.width=4",
+                             "trainer.batch_size=32", n_trials=2), tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stdout + other.stderr
+    assert other.stderr.strip().splitlines()[-1] == (
+        "error: study 'smoke' searches model.blocks.0, model.blocks.3, optimizer.lr; this command "
+        "searches optimizer.lr: run it with the study's search space, or start a new study with "
+        "hydra.sweeper.study_name=<another name>")
+    assert len(study_of(tmp_path).trials) == 1
+
+
+def test_a_refused_sweep_does_not_fix_the_new_studys_settings(cifar_root, tmp_path):
+    refused = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "tracking=mlflow",
+                               "tracking.uri=http://127.0.0.1:9"), tmp_path)
+    assert refused.returncode == 1 and "is unreachable" in refused.stderr.strip().splitlines()[-1]
+    assert study_of(tmp_path).user_attrs == {}  # no recipe, no search space recorded
+    fixed = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=2", n_trials=1), tmp_path)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+
+
+def test_trial_folders_of_another_study_are_refused(cifar_root, tmp_path):
+    """A study of the same name in another storage (or one whose database was deleted) would read
+    the old folders' results.json as its own trials' outcomes, and write best.yaml from them."""
+    first = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=2), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=2,
+                             ) + [f"hydra.sweeper.storage=sqlite:///{tmp_path}/other.db"], tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stdout + other.stderr
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path}/multirun holds trial folders (0, 1) that study 'smoke' in "
+        f"sqlite:///{tmp_path}/other.db did not run, so its trials would mix with them: move that "
+        f"folder away, or set hydra.sweeper.study_name=<another name>")
+    assert not optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/other.db").trials
+    # the study that ran them resumes in its own folders
+    more = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=3), tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(study_of(tmp_path).trials) == 3
+
+
+def test_best_yaml_is_composed_when_the_best_trials_folder_is_elsewhere(cifar_root, tmp_path):
+    """Workers on machines without a shared disk: the one that finishes last may not hold the best
+    trial's folder. It crashed (FileNotFoundError) and left the MLflow parent run RUNNING."""
+    args = sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "hydra.sweeper.pruner.name=none",
+                      n_trials=2)
+    assert sweep(args, tmp_path).returncode == 0
+    study = study_of(tmp_path)
+    best = max(study.trials, key=lambda t: t.value)
+    kept = OmegaConf.load(tmp_path / "multirun" / str(best.number) / ".hydra" / "config.yaml")
+    preset = tmp_path / "multirun" / "experiment" / "best.yaml"
+    before = OmegaConf.load(preset)
+    for folder in (tmp_path / "multirun").iterdir():  # as on the other machine
+        if folder.name.isdigit():
+            subprocess.run(["rm", "-r", str(folder)], check=True)
+    preset.unlink()
+    again = sweep(args, tmp_path)  # the study is done: it only reports
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert f"Trial {best.number}'s folder is not on this machine" in again.stdout + again.stderr
+    composed = OmegaConf.load(preset)
+    assert OmegaConf.to_container(composed) == OmegaConf.to_container(before)
+    for key, value in best.params.items():
+        assert OmegaConf.select(composed, key) == OmegaConf.select(kept, key) == value
+
+
+def test_ctrl_c_between_trials_does_not_name_a_running_trial(capsys):
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import OptunaPruningSweeper
+
+    swept = OptunaPruningSweeper(sampler={}, pruner={}, direction="maximize", objectives=["val/acc"],
+                                 storage="sqlite:///x.db", study_name="s", n_trials=3, n_jobs=1,
+                                 max_failure_rate=0.0, heartbeat_s=0, params={})
+
+    def interrupted(arguments):
+        raise KeyboardInterrupt
+
+    swept._sweep = interrupted
+    with pytest.raises(SystemExit) as exit_info:
+        swept.sweep([])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == (
+        "interrupted between trials: run the same command to resume study 's'")
+
+
+def test_a_tracking_server_that_stops_answering_is_one_line(capsys):
+    from mlflow.exceptions import MlflowException
+
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import OptunaPruningSweeper
+
+    swept = OptunaPruningSweeper(sampler={}, pruner={}, direction="maximize", objectives=["val/acc"],
+                                 storage="sqlite:///x.db", study_name="s", n_trials=3, n_jobs=1,
+                                 max_failure_rate=0.0, heartbeat_s=0, params={})
+
+    def server_gone(arguments):
+        raise MlflowException("API request to http://127.0.0.1:5058/api/2.0/mlflow/runs/set-tag "
+                              "failed with exception HTTPConnectionPool: Max retries exceeded\nmore")
+
+    swept._sweep = server_gone
+    with pytest.raises(SystemExit) as exit_info:
+        swept.sweep([])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the MLflow tracking server stopped answering (API request to ")
+    assert err.endswith("once it answers, run the same command to resume study 's'")
+    assert "\n" not in err
 
 
 def test_ctrl_c_fails_the_running_trial_and_says_how_to_resume(cifar_root, tmp_path):
@@ -291,6 +409,56 @@ def test_two_workers_share_one_study_without_duplicates(cifar_root, mlflow_uri, 
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(runs) == 5 and sorted(r.data.tags["trial"] for r in children) == ["0", "1", "2", "3"]
+
+
+def _running_trials(tmp_path) -> dict[int, int]:
+    """{worker pid: trial number} of the study's running trials."""
+    # the study not created yet, or its SQLite file locked by a writing worker
+    with contextlib.suppress(KeyError, sqlalchemy.exc.OperationalError):
+        return {int(t.user_attrs["worker"].rsplit(":", 1)[1]): t.number
+                for t in study_of(tmp_path).trials
+                if t.state == TrialState.RUNNING and "worker" in t.user_attrs}
+    return {}
+
+
+def _helper_running(main, tmp_path) -> tuple[int, int]:
+    """(pid, trial) of the helper worker once it and `main` both run a trial."""
+    deadline = time.monotonic() + 120
+    while len(running := _running_trials(tmp_path)) < 2:
+        assert main.poll() is None and time.monotonic() < deadline, main.communicate()
+        time.sleep(0.1)
+    [(pid, number)] = [(p, n) for p, n in running.items() if p != main.pid]
+    return pid, number
+
+
+@pytest.mark.slow
+def test_n_jobs_helpers_are_supervised(cifar_root, tmp_path):
+    """A killed helper's trial fails when the main process sees it dead (it waited out three
+    heartbeats, 3 minutes here), and a helper dies with the main process (one went on alone)."""
+    args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.name=none",
+                      "hydra.sweeper.heartbeat_s=60", "trainer.epochs=40", n_trials=2)
+    popen = functools.partial(subprocess.Popen, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    main = popen([sys.executable, "-m", "sweeper.train", *args])
+    helper, trial = _helper_running(main, tmp_path)
+    os.kill(helper, signal.SIGKILL)
+    killed_at = time.monotonic()
+    out, _ = main.communicate(timeout=170)
+    assert main.returncode == 0, out[-3000:]
+    assert time.monotonic() - killed_at < 60
+    killed = study_of(tmp_path).trials[trial]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["reason"] == "killed"
+    # resumed with two more trials: SIGKILL the main process while both run one
+    main = popen([sys.executable, "-m", "sweeper.train", *args, "hydra.sweeper.n_trials=4"])
+    helper, trial = _helper_running(main, tmp_path)
+    main.kill()
+    main.communicate()
+    deadline = time.monotonic() + 30
+    while trial in _running_trials(tmp_path).values():
+        assert time.monotonic() < deadline, "the helper went on without its main process"
+        time.sleep(0.2)
+    assert study_of(tmp_path).trials[trial].user_attrs["reason"] == "interrupted"
+    assert "Trial" in (tmp_path / "multirun" / "worker-1.log").read_text().split("Study")[1]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -285,3 +285,42 @@ def test_a_resumed_run_closes_the_killed_run_it_resumes(cifar_root, mlflow_uri, 
     assert first.data.tags["resumed_by"] == second.info.run_id
     assert second.info.status == "FINISHED" and second.data.tags["resumed_from"] == first.info.run_id
     assert [m.step for m in client.get_metric_history(second.info.run_id, "val/acc")] == [1, 2]
+
+
+@pytest.fixture
+def overloaded_server():
+    """A loopback server whose /health answers 200 and whose API answers 503 to every request, as
+    a tracking server that died behind its proxy: MLflow retries each request."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_tracking_server_that_stops_answering_fails_the_run_within_seconds(
+        cifar_root, overloaded_server, monkeypatch):
+    """MLflow's own retries (7, waiting 2 ... 128 s) held a sweep 8 minutes per failed trial."""
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = tracked_cfg(cifar_root, f"http://127.0.0.1:{overloaded_server}")
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="too many 503 error responses"):
+        open_tracker(cfg).__enter__()
+    assert time.monotonic() - started < 45  # 4 retries 1-8 s apart, plus jitter
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a user's own setting wins
+    started = time.monotonic()
+    with pytest.raises(TrackingError):
+        open_tracker(cfg).__enter__()
+    assert time.monotonic() - started < 5

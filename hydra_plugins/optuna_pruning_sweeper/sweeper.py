@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +78,8 @@ class OptunaPruningSweeper(Sweeper):
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.params, self.heartbeat_s = params, heartbeat_s
+        self._running: int | None = None  # the number of the trial this process runs now
+        self._fixed_lines: list[str] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -91,11 +94,22 @@ class OptunaPruningSweeper(Sweeper):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
-            print(f"interrupted: the running trial is FAIL, and counts as one of the study's "
-                  f"{self.n_trials} trials; run the same command to resume study "
-                  f"'{self.study_name}' (with hydra.sweeper.n_trials={self.n_trials + 1} to replace "
-                  f"that trial)", file=sys.stderr)
+            resume = f"run the same command to resume study '{self.study_name}'"
+            if self._running is None:
+                print(f"interrupted between trials: {resume}", file=sys.stderr)
+            else:
+                print(f"interrupted: the running trial is FAIL, and counts as one of the study's "
+                      f"{self.n_trials} trials; {resume} (with hydra.sweeper.n_trials="
+                      f"{self.n_trials + 1} to replace that trial)", file=sys.stderr)
             sys.exit(130)
+        except Exception as e:
+            if not type(e).__module__.startswith("mlflow"):
+                raise
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"error: the MLflow tracking server stopped answering ({first[:300]}); the "
+                  f"study keeps its trials: once it answers, run the same command to resume study "
+                  f"'{self.study_name}'", file=sys.stderr)
+            sys.exit(1)
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -231,13 +245,11 @@ class OptunaPruningSweeper(Sweeper):
         return launcher.endswith(("BasicLauncher", "LocalLauncher"))
 
     def _check_recipe(self, study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
-        """A study holds trials of one recipe: the settings every trial shares. The first run
-        records them; a later run of the same study with other settings is refused."""
+        """A study holds trials of one recipe: the settings every trial shares, and which keys it
+        searches. The first run that gets past its checks records them (`_record_recipe`); a later
+        run of the same study with other settings, or searching other keys, is refused."""
         recipe = _recipe(job_cfg, space)
-        stored = study.user_attrs.get("recipe")
-        if stored is None:
-            study.set_user_attr("recipe", recipe)
-            return
+        stored = study.user_attrs.get("recipe") or recipe
         differ = sorted(k for k in set(stored) | set(recipe) if stored.get(k) != recipe.get(k))
         if differ:
             searched = {k for t in study.get_trials(deepcopy=False) for k in t.distributions}
@@ -252,8 +264,50 @@ class OptunaPruningSweeper(Sweeper):
             raise ConfigError(f"study '{self.study_name}' was run with {then}; this command has "
                              f"{now}: run it with the study's settings, or start a new study with "
                              f"hydra.sweeper.study_name=<another name>")
+        searched_before = study.user_attrs.get("searched")
+        if searched_before is None:  # recorded since; older studies: what their trials searched
+            searched_before = sorted({k for t in study.get_trials(deepcopy=False)
+                                      for k in t.distributions}) or None
+        if searched_before is not None and sorted(space) != searched_before:
+            raise ConfigError(f"study '{self.study_name}' searches {', '.join(searched_before)}; "
+                             f"this command searches {', '.join(sorted(space))}: run it with the "
+                             f"study's search space, or start a new study with "
+                             f"hydra.sweeper.study_name=<another name>")
+
+    @staticmethod
+    def _record_recipe(study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
+        if study.user_attrs.get("recipe") is None:
+            study.set_user_attr("recipe", _recipe(job_cfg, space))
+        if study.user_attrs.get("searched") is None:
+            study.set_user_attr("searched", sorted(space))
+
+    def _refuse_foreign_folders(self, study: optuna.Study, sweep_dir: Path) -> None:
+        """Trial N runs in sweep_dir/N. A folder there with a number this study has not given out
+        yet holds another study's trial (one of the same name in another storage, or one whose
+        database was deleted): its results.json and config would be read as this study's."""
+        taken = sorted(int(p.name) for p in sweep_dir.iterdir()
+                       if p.name.isdigit() and p.is_dir() and any(p.iterdir()))
+        issued = len(study.get_trials(deepcopy=False))  # read after the folders: no race
+        foreign = [n for n in taken if n >= issued]
+        if foreign:
+            shown = ", ".join(map(str, foreign[:5])) + (", ..." if len(foreign) > 5 else "")
+            raise ConfigError(f"{sweep_dir} holds trial folders ({shown}) that study "
+                             f"'{self.study_name}' in {redact(str(self.storage))} did not run, "
+                             f"so its trials would mix with them: move that folder away, or set "
+                             f"hydra.sweeper.study_name=<another name>")
 
     def _check_settings(self) -> None:
+        storage = self.storage
+        if not storage or not isinstance(storage, str):
+            raise ConfigError(f"hydra.sweeper.storage={storage or 'null'} is invalid: a database "
+                             f"URL that keeps the study, e.g. sqlite:///optuna.db or "
+                             f"postgresql+psycopg://user@host/db")
+        if storage.startswith("postgres:") or storage.startswith("postgres+"):
+            raise ConfigError(f"hydra.sweeper.storage={redact(storage)} is invalid: SQLAlchemy "
+                             f"names PostgreSQL postgresql:// (or postgresql+psycopg://)")
+        if self.study_name is not None and not str(self.study_name).strip():
+            raise ConfigError("hydra.sweeper.study_name='' is invalid: a name, or null to derive "
+                             "one from the search space")
         pruner = self.pruner_cfg
         for key, value, ok, allowed in (
                 ("n_trials", self.n_trials, self.n_trials >= 1, "an int >= 1"),
@@ -298,10 +352,16 @@ class OptunaPruningSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         worker = os.environ.get("SWEEPER_WORKER") is not None
+        _stops.install()
+        if worker:
+            _die_with_parent()
         with study_lock(self.storage):  # workers starting together: one parent run, not two
+            self._refuse_foreign_folders(study, sweep_dir)
             fail_stale_trials(study)
             parent = sweep_report.parent_run(job_cfg, study, self, space,
                                              resume_id=os.environ.get("SWEEPER_PARENT_RUN_ID"))
+            self._record_recipe(study, shared, space)  # past every check: the study is this one's
+        self._fixed_lines = fixed_lines
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s", self.study_name,
                  redact(str(self.storage)), len(study.trials), self.n_trials,
                  type(study.sampler).__name__, self.pruner_cfg.name)
@@ -333,10 +393,23 @@ class OptunaPruningSweeper(Sweeper):
         except BaseException as e:
             for proc in helpers:
                 proc.terminate()
-            sweep_report.close_parent(parent, e)
+            try:
+                sweep_report.close_parent(parent, e)
+            except Exception as err:  # a tracking server that stopped answering: say the first
+                log.warning("The MLflow parent run could not be closed: %s",
+                            str(err).splitlines()[0] if str(err) else type(err).__name__)
             raise
         if not worker:
             sweep_report.finish(study, self, sweep_dir, parent)
+
+    def compose_trial(self, trial: optuna.trial.FrozenTrial) -> DictConfig:
+        """The config `trial`'s job ran with, composed again here (its folder may be on another
+        machine): this sweep's fixed settings with the trial's parameters."""
+        lines = self._fixed_lines + [f"{k}={v}" for k, v in trial.params.items()]
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, lines)
+        # untyped, as Hydra saves a job's .hydra/config.yaml
+        return OmegaConf.create(OmegaConf.to_container(
+            OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])))
 
     def _wait_for_other_workers(self, study: optuna.Study, parent) -> None:
         """Until every heartbeating trial of the study has ended or lost its heartbeat: the
@@ -347,7 +420,8 @@ class OptunaPruningSweeper(Sweeper):
 
         def others():
             with study_lock(self.storage), _quiet():
-                optuna.storages.fail_stale_trials(study)
+                fail_stale_trials(study)  # a dead worker of this machine: its trial fails now
+                optuna.storages.fail_stale_trials(study)  # of another machine: by heartbeat
             return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                     if t.user_attrs.get("heartbeat_s")]
 
@@ -371,38 +445,49 @@ class OptunaPruningSweeper(Sweeper):
                 return None
             if self._reseed_each_ask():
                 study.sampler = self._sampler(n, space)
-            with _quiet():
-                trial = study.ask(space)
-            trial.set_user_attr("worker", WORKER)
-            if self._heartbeats():  # its first beat under the lock: a trial never lacks one
-                trial.set_user_attr("heartbeat_s", self.heartbeat_s)
-                study._storage.record_heartbeat(trial._trial_id)
+            _stops.install()
+            _stops.hold()  # a stop from here on is raised in _run_trial, which fails the trial
+            try:
+                with _quiet():
+                    trial = study.ask(space)
+                trial.set_user_attr("worker", WORKER)
+                if self._heartbeats():  # its first beat under the lock: a trial never lacks one
+                    trial.set_user_attr("heartbeat_s", self.heartbeat_s)
+                    study._storage.record_heartbeat(trial._trial_id)
+            except BaseException:
+                _stops.release()
+                raise
             return trial
 
     def _run_trial(self, study: optuna.Study, trial: optuna.Trial, fixed_lines: list[str],
                    parent) -> None:
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                                    TrialState.PRUNED))]
-        same = next((t for t in done if t.params == trial.params), None)
-        if same is not None:  # never train a configuration twice: reuse its outcome
-            trial.set_user_attr("duplicate_of", same.number)
-            log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number, same.number,
-                     trial.params)
-            tell(study, trial, same.values, state=same.state)
-            return
-        overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed_lines + [
-            f"trial.number={trial.number}", f"trial.study={self.study_name}",
-            f"tracking.run_name=trial-{trial.number}"]
-        if parent is not None:
-            overrides.append(f"tracking.parent_run_id={parent.run_id}")
-        log.info("Trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in trial.params.items()))
+        self._running = trial.number
         try:
+            _stops.release()  # a Ctrl-C that came while the trial was asked for: raised here
+            done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                        TrialState.PRUNED))]
+            same = next((t for t in done if t.params == trial.params), None)
+            if same is not None:  # never train a configuration twice: reuse its outcome
+                trial.set_user_attr("duplicate_of", same.number)
+                log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number,
+                         same.number, trial.params)
+                tell(study, trial, same.values, state=same.state)
+                self._running = None
+                return
+            overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed_lines + [
+                f"trial.number={trial.number}", f"trial.study={self.study_name}",
+                f"tracking.run_name=trial-{trial.number}"]
+            if parent is not None:
+                overrides.append(f"tracking.parent_run_id={parent.run_id}")
+            log.info("Trial %d: %s", trial.number,
+                     " ".join(f"{k}={v}" for k, v in trial.params.items()))
             with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
                 [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
         except BaseException:
             trial.set_user_attr("reason", "interrupted")
             tell(study, trial, state=TrialState.FAIL)
-            raise
+            raise  # with self._running still set: the message says the trial is FAIL
+        self._running = None
         results = sweep_report.results_of(ret)  # read once: the outcome and where it ran
         state, values, reason = sweep_report.outcome(ret, results, self.objectives)
         self._record_machine(study, trial, results)
@@ -437,12 +522,12 @@ class OptunaPruningSweeper(Sweeper):
         argv = [a for a in sys.orig_argv[1:]]
         extra = [f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.study_name={self.study_name}",
                  "hydra.sweeper.n_jobs=1"]
-        env = {**os.environ, "SWEEPER_WORKER": "1"}
+        env = {**os.environ, "SWEEPER_WORKER": "1", "SWEEPER_PARENT_PID": str(os.getpid())}
         if parent is not None:
             env["SWEEPER_PARENT_RUN_ID"] = parent.run_id
         procs = []
         for i in range(1, self.n_jobs):
-            out = open(sweep_dir / f"worker-{i}.log", "w")
+            out = open(sweep_dir / f"worker-{i}.log", "a")  # a resumed sweep keeps the old log
             procs.append(subprocess.Popen([sys.executable, *argv, *extra], env=env, stdout=out,
                                           stderr=subprocess.STDOUT))
         return procs
@@ -466,6 +551,55 @@ def _refuse_overlaps(space: dict, fixed_lines: list[str], groups: DictConfig) ->
                                   f"trial would train the fixed value, not the proposed one; drop "
                                   f"{key} from the command line, or search it with a sweep preset "
                                   f"of your own")
+
+
+def _die_with_parent() -> None:
+    """A worker started by a sweep's main process (n_jobs > 1) gets SIGTERM, which fails its
+    running trial as Ctrl-C does, when that process dies, even by SIGKILL (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ.get("SWEEPER_PARENT_PID", str(os.getppid())):
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before the line above
+
+
+class _Stops:
+    """Ctrl-C and SIGTERM (from `kill`, a batch scheduler, or a worker's dying main process) as
+    KeyboardInterrupt, except while a trial is asked for: then they wait until the trial is set up
+    and can be failed, instead of leaving it RUNNING without a worker."""
+
+    def __init__(self) -> None:
+        self.holding, self.pending = False, None
+
+    def install(self) -> None:  # again before each ask: a trial's job sets its own for SIGTERM
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        """Stop holding, and raise the stop that came meanwhile, if one did."""
+        self.holding = False
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            self._raise(signum)
+
+    def _handle(self, signum, frame) -> None:
+        if self.holding:
+            self.pending = signum
+        else:
+            self._raise(signum)
+
+    @staticmethod
+    def _raise(signum) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second one ends the process
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+_stops = _Stops()
 
 
 def _threads_per_worker(n_jobs: int) -> int | None:
