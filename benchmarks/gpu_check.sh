@@ -44,36 +44,65 @@ run)
     if command -v nvidia-smi >/dev/null; then
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     fi
+    # Each step is bounded and may fail without costing the steps after it (one lease, one try).
     # ours vs the seed-style loop, [2,2,2,2] width 64, batch 512 (about 2 minutes)
     # shellcheck disable=SC2086
-    (cd "$src" && python3 -m sweeper.bench --device "$device" --data-root "$data" \
-        --out "$out/bench.json" ${BENCH:---widths 64 --batch-size 512 --reps 3 --images 20480})
-    # the fast preset, timed end to end; the run reports its training time and time to first step
-    start=$(date +%s.%N)
-    # shellcheck disable=SC2086
-    (cd "$src" && python3 -m sweeper.train experiment=fast tracking=off "data.root=$data" \
-        "trainer.device=$device" "hydra.run.dir=$src/fast" ${FAST:-}) 2>&1 | tee "$out/fast.log"
-    end=$(date +%s.%N)
-    cp "$src/fast/results.json" "$out/fast.json"
-    python3 - "$out" "$start" "$end" <<'PY'
+    (cd "$src" && timeout "${BENCH_S:-240}" python3 -m sweeper.bench --device "$device" \
+        --data-root "$data" --out "$out/bench.json" \
+        ${BENCH:---widths 64 --batch-size 512 --reps 3 --images 20480 --variants sweeper sweeper-eager}) \
+        || echo "bench: failed or timed out (exit $?)"
+    # the fast preset, then each of $VARIANTS (overrides, runs separated by ';'), timed end to end;
+    # each run reports its training time and time to first step
+    runs=("" )
+    if [ -n "${VARIANTS:-}" ]; then
+        IFS=';' read -ra more <<<"$VARIANTS"
+        runs+=("${more[@]}")
+    fi
+    i=0
+    for extra in "${runs[@]}"; do
+        name=fast; if [ $i -gt 0 ]; then name=fast-$i; fi
+        start=$(date +%s.%N)
+        # shellcheck disable=SC2086
+        (cd "$src" && timeout "${FAST_S:-150}" python3 -m sweeper.train experiment=fast tracking=off \
+            "data.root=$data" "trainer.device=$device" "hydra.run.dir=$src/$name" ${FAST:-} $extra) \
+            >"$out/$name.log" 2>&1 || echo "$name: failed or timed out (exit $?)"
+        end=$(date +%s.%N)
+        tail -n 3 "$out/$name.log"
+        if [ -f "$src/$name/results.json" ]; then
+            python3 - "$src/$name/results.json" "$out/$name.json" "$start" "$end" "$extra" <<'PY'
 import json, sys
-out, start, end = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-b, f = json.load(open(f"{out}/bench.json")), json.load(open(f"{out}/fast.json"))
-width, w = next(iter(b["widths"].items()))
-print(f"\n{b['device']}, torch {b['torch']}, {b['date']}")
-for name, rate in w["images_per_s"].items():
-    label = f"train img/s, {name} ({b['blocks']} w{width}, batch {b['batch_size']})"
-    print(f"{label:<60}{rate['median']:>12.0f}")
-r = w["ratio_to_reference"]["sweeper"]
-print(f"{'x reference, median [min, max]':<60}{r['median']:>12.2f} [{r['min']:.2f}, {r['max']:.2f}]")
-print(f"{'fresh process: launch to first step, s':<60}"
-      f"{b['fresh_process']['launch_to_first_step_s']:>12.1f}")
-print(f"{'fast: status':<60}{f['status']:>12}")
-print(f"{'fast: test accuracy, %':<60}{100 * (f['test/acc'] or 0):>12.2f}")
-print(f"{'fast: training time (all epochs, no eval), s':<60}{f['train_time_s']:>12.1f}")
-print(f"{'fast: train() call to first step, s':<60}{f['startup_s']:>12.1f}")
-print(f"{'fast: train img/s':<60}{f['images_per_s']:>12.0f}")
-print(f"{'fast: whole command, s':<60}{end - start:>12.1f}")
+r = json.load(open(sys.argv[1]))
+r["command_s"], r["overrides"] = float(sys.argv[4]) - float(sys.argv[3]), sys.argv[5]
+json.dump(r, open(sys.argv[2], "w"), indent=1)
+PY
+        fi
+        i=$((i + 1))
+    done
+    python3 - "$out" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+row = lambda label, value: print(f"{label:<60}{value:>12}")
+if os.path.exists(f"{out}/bench.json"):
+    b = json.load(open(f"{out}/bench.json"))
+    width, w = next(iter(b["widths"].items()))
+    print(f"\n{b['device']}, torch {b['torch']}, {b['date']}")
+    for name, rate in w["images_per_s"].items():
+        row(f"train img/s, {name} ({b['blocks']} w{width}, batch {b['batch_size']})",
+            f"{rate['median']:.0f}")
+    for name, r in w["ratio_to_reference"].items():
+        print(f"{f'{name} x reference, median [min, max]':<60}{r['median']:>12.2f} "
+              f"[{r['min']:.2f}, {r['max']:.2f}]")
+    if b.get("fresh_process"):
+        row("fresh process: launch to first step, s", f"{b['fresh_process']['launch_to_first_step_s']:.1f}")
+for path in sorted(glob.glob(f"{out}/fast*.json"), key=lambda p: (len(p), p)):
+    f, name = json.load(open(path)), os.path.basename(path)[:-5]
+    print(f"{name}: experiment=fast {f['overrides']}".rstrip())
+    row(f"  {name}: status", f["status"])
+    row(f"  {name}: test accuracy, %", f"{100 * (f.get('test/acc') or 0):.2f}")
+    row(f"  {name}: training time (all epochs, no eval), s", f"{f['train_time_s']:.1f}")
+    row(f"  {name}: train() call to first step, s", f"{f['startup_s']:.1f}")
+    row(f"  {name}: train img/s", f"{f['images_per_s']:.0f}")
+    row(f"  {name}: whole command, s", f"{f['command_s']:.1f}")
 PY
     ;;
 *)
