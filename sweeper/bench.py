@@ -61,6 +61,7 @@ VARIANTS = {
     "sweeper-eager": ["trainer.channels_last=false", "trainer.compile=false"],
     "sweeper-compile": ["trainer.compile=true"],
     "sweeper-fp32": ["trainer.precision=fp32"],  # where the defaults use bf16: its share of the gain
+    "sweeper-graphs": ["trainer.compile=true", "trainer.compile_mode=reduce-overhead"],  # CUDA graphs
 }
 def trainer_overrides(args, width: int, images: int, extra: list[str]) -> list[str]:
     """Our trainer's overrides for a run like the reference loop's (plus small evaluation splits)."""

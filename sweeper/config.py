@@ -19,6 +19,7 @@ from sweeper.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 # MLflow's tracking stores: SQLAlchemy databases (dialect[+driver]://) and tracking servers
@@ -79,6 +80,8 @@ class TrainerConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 where native, else fp32)
     channels_last: bool | None = None  # NHWC memory format (null = on: faster on cuda and cpu)
     compile: bool | None = None  # torch.compile the model (null = on for cuda only)
+    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA graphs)
+    # | max-autotune | max-autotune-no-cudagraphs (longer compiles; see README, "On a GPU")
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
     ema: float = 0.0  # per-step decay of an average of the weights used for evaluation (0 = off)
     tta: bool = False  # evaluate on each image and its mirror image, averaging the predictions
@@ -424,6 +427,7 @@ def validate(cfg: Any) -> None:
     _require(tr.eval_batch_size >= 1, "trainer.eval_batch_size", "an int >= 1", tr.eval_batch_size)
     _one_of("trainer.device", tr.device, DEVICES)
     _one_of("trainer.precision", tr.precision, PRECISIONS)
+    _one_of("trainer.compile_mode", tr.compile_mode, COMPILE_MODES)
     _require(0 <= tr.label_smoothing < 1, "trainer.label_smoothing", "a float in [0, 1)",
              tr.label_smoothing)
     _require(0 <= tr.ema < 1, "trainer.ema", "a decay in [0, 1) (0 = off), e.g. 0.99", tr.ema)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # On CUDA, reading the loss back stalls the pipeline, so finiteness is checked every this many steps.
 CUDA_CHECK_EVERY = 25
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that use CUDA graphs
 
 EpochCallback = Callable[[int, dict], None]
 
@@ -138,14 +139,14 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 _compiled: dict[tuple, tuple[nn.Module, Callable]] = {}
 
 
-def build_compiled(cfg, device: torch.device, channels_last: bool,
-                   use_compile: bool) -> tuple[nn.Module, Callable]:
+def build_compiled(cfg, device: torch.device, channels_last: bool, use_compile: bool,
+                   mode: str = "default") -> tuple[nn.Module, Callable]:
     """(model, forward): the network of `cfg` with fresh seeded weights, and the callable to train.
 
-    `forward` is the torch.compile'd model when `use_compile`, else the model itself.
+    `forward` is the model torch.compile'd in `mode` when `use_compile`, else the model itself.
     """
     model = build_model(cfg)  # initialised from torch's seeded generator, on the CPU
-    key = (tuple(cfg.blocks), cfg.width, cfg.num_classes, str(device), channels_last)
+    key = (tuple(cfg.blocks), cfg.width, cfg.num_classes, str(device), channels_last, mode)
     if use_compile and key in _compiled:
         cached, forward = _compiled[key]
         cached.load_state_dict(model.state_dict())  # in place: memory format and graph are kept
@@ -158,7 +159,7 @@ def build_compiled(cfg, device: torch.device, channels_last: bool,
     _compiled.clear()
     if device.type == "cpu":  # the C++ toolchain lookup warns of CUDA, which a CPU run never uses
         logging.getLogger("torch.utils.cpp_extension").addFilter(_not_cuda_runtime)
-    _compiled[key] = model, torch.compile(model)
+    _compiled[key] = model, torch.compile(model, mode=None if mode == "default" else mode)
     return _compiled[key]
 
 
@@ -250,9 +251,13 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     if device.type == "cpu" and precision not in ("fp32", auto):
         log.warning("trainer.precision=%s on this CPU: usually slower than fp32, often several "
                     "times (trainer.precision=auto uses %s here)", tr.precision, auto)
-    model, forward = build_compiled(cfg.model, device, channels_last, use_compile)
-    log.info("Precision %s, channels_last %s, compile %s", precision,
-             str(channels_last).lower(), str(use_compile).lower())
+    model, forward = build_compiled(cfg.model, device, channels_last, use_compile, tr.compile_mode)
+    # CUDA graphs replay a step's kernels in one launch; each step begins a new replay, whose
+    # outputs (the logits) overwrite the last step's
+    graphs = use_compile and device.type == "cuda" and tr.compile_mode in CUDA_GRAPH_MODES
+    log.info("Precision %s, channels_last %s, compile %s%s", precision,
+             str(channels_last).lower(), str(use_compile).lower(),
+             f" ({tr.compile_mode})" if use_compile and tr.compile_mode != "default" else "")
     result = Result(status="running", n_params=count_parameters(model), device=describe(device),
                     precision=precision)
     log.info("Model: blocks %s, width %d, %.2fM parameters", list(cfg.model.blocks),
@@ -320,6 +325,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 lr = lr_at(step, total_steps, cfg.optimizer.lr, cfg.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast(device, amp):
                     logits = forward(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=tr.label_smoothing)
