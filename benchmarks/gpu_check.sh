@@ -9,8 +9,11 @@
 #
 # The GPU machine has torch but no Hydra: the wheels of hydra-core and omegaconf travel in .whl/.
 # `run` writes bench.json, fast.json and fast.log under $OUT (default benchmarks/gpu-out) and
-# prints a table. Locally, `DEVICE=cpu DATA=... BENCH="--widths 4 --batch-size 32 --images 64"
-# FAST="model.width=4 trainer.epochs=1" benchmarks/gpu_check.sh run` rehearses it.
+# prints a table, in about 5 minutes on an H200. FAST adds overrides to the fast run; VARIANTS
+# adds more fast runs ("trainer.epochs=24;seed=1": one per ';'-separated list of overrides);
+# BENCH_S and FAST_S bound each step (a step that fails or runs out costs only itself). Locally,
+# `DEVICE=cpu DATA=... BENCH="--widths 4 --batch-size 32 --images 64 --reps 1" FAST="model.width=4
+# trainer.epochs=1" benchmarks/gpu_check.sh run` rehearses it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,11 +48,12 @@ run)
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     fi
     # Each step is bounded and may fail without costing the steps after it (one lease, one try).
-    # ours vs the seed-style loop, [2,2,2,2] width 64, batch 512 (about 2 minutes)
+    # ours (defaults; CUDA graphs, as the fast preset; eager) vs the seed-style loop, [2,2,2,2]
+    # width 64, batch 512 (about 4 minutes: each compiled variant compiles once, about 30 s)
     # shellcheck disable=SC2086
-    (cd "$src" && timeout "${BENCH_S:-240}" python3 -m sweeper.bench --device "$device" \
+    (cd "$src" && timeout "${BENCH_S:-300}" python3 -m sweeper.bench --device "$device" \
         --data-root "$data" --out "$out/bench.json" \
-        ${BENCH:---widths 64 --batch-size 512 --reps 3 --images 20480 --variants sweeper sweeper-eager}) \
+        ${BENCH:---widths 64 --batch-size 512 --reps 3 --images 16384 --variants sweeper sweeper-graphs sweeper-eager}) \
         || echo "bench: failed or timed out (exit $?)"
     # the fast preset, then each of $VARIANTS (overrides, runs separated by ';'), timed end to end;
     # each run reports its training time and time to first step
@@ -63,7 +67,7 @@ run)
         name=fast; if [ $i -gt 0 ]; then name=fast-$i; fi
         start=$(date +%s.%N)
         # shellcheck disable=SC2086
-        (cd "$src" && timeout "${FAST_S:-150}" python3 -m sweeper.train experiment=fast tracking=off \
+        (cd "$src" && timeout "${FAST_S:-120}" python3 -m sweeper.train experiment=fast tracking=off \
             "data.root=$data" "trainer.device=$device" "hydra.run.dir=$src/$name" ${FAST:-} $extra) \
             >"$out/$name.log" 2>&1 || echo "$name: failed or timed out (exit $?)"
         end=$(date +%s.%N)
@@ -99,7 +103,7 @@ for path in sorted(glob.glob(f"{out}/fast*.json"), key=lambda p: (len(p), p)):
     print(f"{name}: experiment=fast {f['overrides']}".rstrip())
     row(f"  {name}: status", f["status"])
     row(f"  {name}: test accuracy, %", f"{100 * (f.get('test/acc') or 0):.2f}")
-    row(f"  {name}: training time (all epochs, no eval), s", f"{f['train_time_s']:.1f}")
+    row(f"  {name}: training time after the first step (no eval), s", f"{f['train_time_s']:.1f}")
     row(f"  {name}: train() call to first step, s", f"{f['startup_s']:.1f}")
     row(f"  {name}: train img/s", f"{f['images_per_s']:.0f}")
     row(f"  {name}: whole command, s", f"{f['command_s']:.1f}")

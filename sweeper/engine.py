@@ -52,9 +52,10 @@ class Result:
     test_confusion: list = field(default_factory=list)  # [true class][predicted class] counts
     n_params: int = 0
     epochs_completed: int = 0
-    train_time_s: float = 0.0  # time spent in training steps, evaluation excluded
+    train_time_s: float = 0.0  # time in training steps after the first (evaluation excluded)
     images_per_s: float = 0.0  # training images per second of train_time_s
-    startup_s: float = 0.0  # from the call of train() to the end of the first step
+    startup_s: float = 0.0  # from the call of train() to the end of the first step, which may
+    # compile and record CUDA graphs: counted here, not in train_time_s
     first_step_at: float = 0.0  # when the first step ended (Unix time)
     device: str = ""
     precision: str = ""  # what trainer.precision resolved to: fp32 | bf16 | fp16
@@ -307,6 +308,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             log.info("trainer.resume: no %s yet, starting from scratch", ckpt_path)
     start, first_epoch = time.perf_counter(), result.epochs_completed + 1
     paced_from = None  # the end of this call's first step: the time left is paced from there
+    first_step_s = 0.0  # that step's own time
     above_bars = _log_above_bars()  # log lines over the progress bar, not glued to it
     above_bars.__enter__()
     try:
@@ -325,6 +327,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 lr = lr_at(step, total_steps, cfg.optimizer.lr, cfg.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                if not result.startup_s:
+                    first_step_from = time.perf_counter()
                 if graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 with autocast(device, amp):
@@ -342,6 +346,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                         torch.cuda.synchronize(device)
                     paced_from = time.perf_counter()
                     result.startup_s = paced_from - entered
+                    first_step_s = paced_from - first_step_from  # start-up, not training time
                     result.first_step_at = time.time()
                     log.info("First step after %.1f s", result.startup_s)
                 loss = loss.detach().float()
@@ -363,7 +368,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             epoch_s = time.perf_counter() - epoch_start
-            result.train_time_s += epoch_s
+            result.train_time_s += epoch_s - (first_step_s if epoch == first_epoch else 0.0)
             val_preds = predict(val_set)
             metrics = {
                 "train/loss": loss_sum.item() / steps_per_epoch,
@@ -376,7 +381,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             result.history.append({"epoch": epoch, **metrics})
             tracker.log_metrics(metrics, step=epoch)
             result.epochs_completed, result.val_acc = epoch, metrics["val/acc"]
-            result.images_per_s = epoch * per_epoch / result.train_time_s
+            trained = epoch * per_epoch - min(tr.batch_size, per_epoch)  # after the first step
+            result.images_per_s = trained / result.train_time_s if trained else 0.0
             # what is left at this process's pace since its first step (which may have compiled),
             # evaluation included
             steps_since = (epoch - first_epoch + 1) * steps_per_epoch - 1

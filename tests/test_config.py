@@ -94,6 +94,7 @@ def test_an_unknown_group_option_fails_naming_the_options():
     ("trainer.epochs=0", "trainer.epochs"),
     ("trainer.device=tpu", "trainer.device"),
     ("trainer.precision=fp8", "trainer.precision"),
+    ("trainer.compile_mode=fast", "trainer.compile_mode"),
     ("schedule.name=exp", "schedule.name"),
     ("schedule.warmup=1.0", "schedule.warmup"),
     ("data.val_size=0", "data.val_size"),

@@ -29,6 +29,9 @@ def test_a_run_learns_and_writes_results(tiny_cfg, tmp_path):
                                                    "frog", "horse", "ship", "truck"]
     assert results["images_per_s"] > 0 and results["train_time_s"] > 0
     assert [h["epoch"] for h in results["history"]] == [1, 2, 3, 4]
+    # the first step (which may compile) is start-up, so training time is less than the epochs'
+    epochs_s = sum(h["time/epoch_s"] for h in results["history"])
+    assert results["train_time_s"] < epochs_s < results["train_time_s"] + results["startup_s"]
     assert results["objective"] == result.objective == result.val_acc
 
 
@@ -140,6 +143,23 @@ def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(tiny_cfg, capfd
     assert next(iter(_compiled.values()))[1] is compiled
     assert second.history[-1]["train/loss"] == pytest.approx(first.history[-1]["train/loss"], rel=1e-5)
     assert second.startup_s < first.startup_s
+
+
+@pytest.mark.parametrize("mode, passed", [("default", None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_mode_reaches_torch_compile(tiny_cfg, monkeypatch, mode, passed):
+    """trainer.compile_mode is torch.compile's mode (reduce-overhead: CUDA graphs on a GPU), and a
+    model compiled in one mode is not reused by a run that asks for another."""
+    import torch
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    monkeypatch.setattr("sweeper.engine._compiled", {})
+    tiny_cfg.trainer.compile, tiny_cfg.trainer.compile_mode = True, mode
+    tiny_cfg.trainer.epochs = 1
+    assert train(tiny_cfg).status == "completed" and modes == [passed]
+    tiny_cfg.trainer.compile_mode = "max-autotune-no-cudagraphs"
+    train(tiny_cfg)
+    assert modes == [passed, "max-autotune-no-cudagraphs"]
 
 
 PAGE_FAULTS = """
