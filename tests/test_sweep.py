@@ -344,6 +344,100 @@ def test_ctrl_c_fails_the_running_trial_and_says_how_to_resume(cifar_root, tmp_p
     assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted"
 
 
+def _one_trial_sweeper(tmp_path, launch):
+    """A sweeper with a study of one asked trial, whose launcher runs `launch` as the job."""
+    from hydra_plugins.optuna_pruning_sweeper.sweeper import OptunaPruningSweeper
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    swept = OptunaPruningSweeper(sampler={}, pruner={}, direction="maximize", objectives=["val/acc"],
+                                 storage=url, study_name="s", n_trials=1, n_jobs=1,
+                                 max_failure_rate=0.0, heartbeat_s=0, params={})
+    swept.launcher = type("Launcher", (), {"launch": staticmethod(launch)})
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    return swept, study, study.ask()
+
+
+def test_a_stop_during_the_jobs_read_of_the_study_still_fails_its_trial(tmp_path):
+    """SIGTERM that lands while the job reads the study leaves that read's cursor in the frames
+    the KeyboardInterrupt passed through, and with it a read lock on the SQLite file: the sweep's
+    own write of the failure waited out SQLite's 5 s busy timeout and failed, leaving the trial
+    RUNNING (a helper whose main process died was seen running on for minutes)."""
+    url = f"sqlite:///{tmp_path}/optuna.db"
+
+    def launch(job_overrides, initial_job_idx):
+        engine = sqlalchemy.create_engine(url)  # the job's own storage, as trial_reporter opens it
+        rows = engine.connect().exec_driver_sql("SELECT * FROM trials")  # noqa: F841  (cut short)
+        raise KeyboardInterrupt("SIGTERM")
+
+    swept, study, trial = _one_trial_sweeper(tmp_path, launch)
+    with pytest.raises(KeyboardInterrupt):  # not optuna's StorageInternalError: database is locked
+        swept._run_trial(study, trial, [], None)
+    [frozen] = study.trials
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["reason"] == "interrupted"
+    assert swept._running == trial.number  # the message says the running trial is FAIL
+
+
+def test_a_stop_while_a_trials_outcome_is_recorded_waits_for_it(tmp_path, monkeypatch):
+    """Ctrl-C once the job has returned: the outcome is recorded, then the sweep stops between
+    trials (it was raised before the tell, and the trial stayed RUNNING with nobody running it)."""
+    from sweeper import sweep_report
+
+    def results_of(ret):
+        signal.raise_signal(signal.SIGINT)
+        return {"status": "completed", "val/acc": 0.5}
+
+    monkeypatch.setattr(sweep_report, "results_of", results_of)
+    swept, study, trial = _one_trial_sweeper(tmp_path, lambda job_overrides, initial_job_idx: [None])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            swept._run_trial(study, trial, [], None)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    [frozen] = study.trials
+    assert frozen.state == TrialState.COMPLETE and frozen.value == 0.5
+    assert swept._running is None  # the message says: interrupted between trials
+
+
+def test_a_workers_main_process_dying_stops_it_once(tmp_path, monkeypatch):
+    """SIGKILL ends a main process's threads in turn, and the kernel signals its worker once for
+    each one the worker passes to; a Ctrl-C reaches every process of the sweep, whose main process
+    then ends its workers too. The first stop fails the trial, the others wait or are ignored (the
+    second SIGTERM ended a worker before it had failed its trial, which stayed RUNNING)."""
+    from hydra_plugins.optuna_pruning_sweeper import sweeper as plugin
+
+    monkeypatch.setattr(plugin, "_stops", plugin._Stops())
+    told = plugin.tell
+
+    def tell(*args, **kwargs):
+        signal.raise_signal(signal.SIGUSR1)  # the main process's next thread ends
+        signal.raise_signal(signal.SIGINT)  # a Ctrl-C, or the main process ending its workers
+        told(*args, **kwargs)
+
+    def launch(job_overrides, initial_job_idx):
+        signal.raise_signal(signal.SIGUSR1)  # the main process died
+        raise AssertionError("the worker went on")
+
+    monkeypatch.setattr(plugin, "tell", tell)
+    swept, study, trial = _one_trial_sweeper(tmp_path, launch)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        plugin._stops.install()
+        plugin._stops.watch_parent(signal.SIGUSR1)
+        with pytest.raises(KeyboardInterrupt, match="SIGUSR1"):
+            swept._run_trial(study, trial, [], None)
+        try:
+            signal.raise_signal(signal.SIGUSR1)  # and once it has: still ignored
+        except KeyboardInterrupt:
+            pytest.fail("the main process's death stopped its worker twice")
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    [frozen] = study.trials
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["reason"] == "interrupted"
+
+
 def test_a_sweep_where_every_trial_fails_ends_with_one_line(cifar_root, tmp_path):
     # passes every check made before the first trial; building the model then fails (36 TB)
     proc = sweep(sweep_args(cifar_root, tmp_path, "model.width=choice(1000000)",
@@ -441,6 +535,10 @@ def test_n_jobs_helpers_are_supervised(cifar_root, tmp_path):
                               stderr=subprocess.STDOUT, text=True)
     main = popen([sys.executable, "-m", "sweeper.train", *args])
     helper, trial = _helper_running(main, tmp_path)
+    log, deadline = tmp_path / "multirun" / "worker-1.log", time.monotonic() + 60
+    while f"Trial {trial}:" not in log.read_text():  # logged just after it asked: kept on resume
+        assert main.poll() is None and time.monotonic() < deadline, main.communicate()
+        time.sleep(0.1)
     os.kill(helper, signal.SIGKILL)
     killed_at = time.monotonic()
     out, _ = main.communicate(timeout=170)
@@ -453,12 +551,16 @@ def test_n_jobs_helpers_are_supervised(cifar_root, tmp_path):
     helper, trial = _helper_running(main, tmp_path)
     main.kill()
     main.communicate()
+    # about a second; 30 s leave room for a loaded machine, where each of the helper's two writes
+    # (the reason, the FAIL) may wait out SQLite's 5 s busy timeout behind another writer once
     deadline = time.monotonic() + 30
     while trial in _running_trials(tmp_path).values():
-        assert time.monotonic() < deadline, "the helper went on without its main process"
+        assert time.monotonic() < deadline, (f"the helper's trial {trial} is RUNNING 30 s after "
+                                             f"its main process died; worker-1.log ends:\n"
+                                             f"{log.read_text()[-3000:]}")
         time.sleep(0.2)
     assert study_of(tmp_path).trials[trial].user_attrs["reason"] == "interrupted"
-    assert "Trial" in (tmp_path / "multirun" / "worker-1.log").read_text().split("Study")[1]
+    assert "Trial" in log.read_text().split("Study")[1]
 
 
 @pytest.mark.parametrize("override, message", [

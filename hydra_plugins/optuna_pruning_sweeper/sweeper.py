@@ -11,6 +11,7 @@ one ends, with no batch barrier. Search-space parsing and samplers are the offic
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import math
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -467,27 +469,32 @@ class OptunaPruningSweeper(Sweeper):
             done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                         TrialState.PRUNED))]
             same = next((t for t in done if t.params == trial.params), None)
-            if same is not None:  # never train a configuration twice: reuse its outcome
+            if same is None:
+                overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed_lines + [
+                    f"trial.number={trial.number}", f"trial.study={self.study_name}",
+                    f"tracking.run_name=trial-{trial.number}"]
+                if parent is not None:
+                    overrides.append(f"tracking.parent_run_id={parent.run_id}")
+                log.info("Trial %d: %s", trial.number,
+                         " ".join(f"{k}={v}" for k, v in trial.params.items()))
+                with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
+                    [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+                _stops.install()  # the job set its own handler for SIGTERM
+            _stops.hold()  # a stop from here on is raised once the outcome is recorded
+            if same is None:
+                self._record_outcome(study, trial, ret)
+            else:  # never train a configuration twice: reuse its outcome
                 trial.set_user_attr("duplicate_of", same.number)
                 log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number,
                          same.number, trial.params)
                 tell(study, trial, same.values, state=same.state)
-                self._running = None
-                return
-            overrides = [f"{k}={v}" for k, v in trial.params.items()] + fixed_lines + [
-                f"trial.number={trial.number}", f"trial.study={self.study_name}",
-                f"tracking.run_name=trial-{trial.number}"]
-            if parent is not None:
-                overrides.append(f"tracking.parent_run_id={parent.run_id}")
-            log.info("Trial %d: %s", trial.number,
-                     " ".join(f"{k}={v}" for k, v in trial.params.items()))
-            with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
-                [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
-        except BaseException:
-            trial.set_user_attr("reason", "interrupted")
-            tell(study, trial, state=TrialState.FAIL)
+            self._running = None
+        except BaseException as e:
+            _fail_stopped(study, trial, e)
             raise  # with self._running still set: the message says the trial is FAIL
-        self._running = None
+        _stops.release()  # a stop that came while the outcome was recorded: the sweep ends here
+
+    def _record_outcome(self, study: optuna.Study, trial: optuna.Trial, ret) -> None:
         results = sweep_report.results_of(ret)  # read once: the outcome and where it ran
         state, values, reason = sweep_report.outcome(ret, results, self.objectives)
         self._record_machine(study, trial, results)
@@ -554,28 +561,37 @@ def _refuse_overlaps(space: dict, fixed_lines: list[str], groups: DictConfig) ->
 
 
 def _die_with_parent() -> None:
-    """A worker started by a sweep's main process (n_jobs > 1) gets SIGTERM, which fails its
-    running trial as Ctrl-C does, when that process dies, even by SIGKILL (Linux only)."""
+    """A worker started by a sweep's main process (n_jobs > 1) stops as with Ctrl-C, failing its
+    running trial, when that process dies, even by SIGKILL (Linux only). The kernel sends the
+    signal once for each of the dying process's threads the worker passes to (its heartbeat
+    thread, say): with SIGTERM, the second ended the worker at once, its trial left RUNNING; this
+    one, SIGUSR1, stops it once and is ignored after."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    _stops.watch_parent(signal.SIGUSR1)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1)  # 1: PR_SET_PDEATHSIG
     if str(os.getppid()) != os.environ.get("SWEEPER_PARENT_PID", str(os.getppid())):
-        os.kill(os.getpid(), signal.SIGTERM)  # it died before the line above
+        os.kill(os.getpid(), signal.SIGUSR1)  # it died before the line above
 
 
 class _Stops:
-    """Ctrl-C and SIGTERM (from `kill`, a batch scheduler, or a worker's dying main process) as
-    KeyboardInterrupt, except while a trial is asked for: then they wait until the trial is set up
-    and can be failed, instead of leaving it RUNNING without a worker."""
+    """Ctrl-C, SIGTERM (from `kill` or a batch scheduler) and a worker's dying main process as
+    KeyboardInterrupt, except while a trial is asked for or its outcome recorded: then they wait
+    until the trial can be failed or is recorded, instead of leaving it RUNNING without a worker."""
 
     def __init__(self) -> None:
         self.holding, self.pending = False, None
+        self.parent_died: int | None = None  # the signal that says so, in a worker
 
     def install(self) -> None:  # again before each ask: a trial's job sets its own for SIGTERM
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._handle)
+
+    def watch_parent(self, signum: int) -> None:
+        self.parent_died = signum
+        signal.signal(signum, self._handle)
 
     def hold(self) -> None:
         self.holding = True
@@ -587,19 +603,55 @@ class _Stops:
             signum, self.pending = self.pending, None
             self._raise(signum)
 
+    def drop(self) -> None:
+        """Stop holding, for a caller that is raising already: a stop that came meanwhile is
+        dropped, and the next one is raised again (a held Ctrl-C would otherwise be ignored)."""
+        self.holding, self.pending = False, None
+
     def _handle(self, signum, frame) -> None:
         if self.holding:
             self.pending = signum
         else:
             self._raise(signum)
 
-    @staticmethod
-    def _raise(signum) -> None:
+    def _raise(self, signum) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second one ends the process
+        if self.parent_died is not None:  # stopping already: the main process's death (again, or
+            signal.signal(self.parent_died, signal.SIG_IGN)  # after its Ctrl-C) is no new stop
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 _stops = _Stops()
+
+
+def _fail_stopped(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:
+    """Record `trial`, which `error` stopped, as FAIL (reason interrupted). Stops that come
+    meanwhile wait, and are dropped: one stop often brings more (Ctrl-C reaches every process of
+    the sweep, and its main process then ends its workers), and one that cut this short left the
+    trial RUNNING."""
+    _stops.install()  # the job may have set its own handler for SIGTERM
+    _stops.hold()
+    try:
+        _free_frames(error)
+        trial.set_user_attr("reason", "interrupted")
+        tell(study, trial, state=TrialState.FAIL)
+    finally:
+        _stops.drop()
+
+
+def _free_frames(error: BaseException) -> None:
+    """Let go of what the frames `error` passed through still hold. A stop that lands while the
+    job reads the study (Optuna's storage, SQLAlchemy) leaves that read's cursor in them, and with
+    it a read lock on an SQLite study (a transaction on PostgreSQL): this process's own write of
+    the trial's failure then waited out SQLite's busy timeout, failed, and left the trial RUNNING."""
+    seen, errors = set(), [error]
+    while errors:
+        error = errors.pop()
+        if error is not None and id(error) not in seen:
+            seen.add(id(error))
+            traceback.clear_frames(error.__traceback__)  # frames still running are kept
+            errors += [error.__cause__, error.__context__]
+    gc.collect()  # cursors and connections in reference cycles: closed now, not some time later
 
 
 def _threads_per_worker(n_jobs: int) -> int | None:
