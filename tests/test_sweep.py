@@ -563,6 +563,28 @@ def test_n_jobs_helpers_are_supervised(cifar_root, tmp_path):
     assert "Trial" in log.read_text().split("Study")[1]
 
 
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_fails_every_workers_trial(cifar_root, tmp_path):
+    """Ctrl-C reaches the main process and its helper together; the main process then stops the
+    helper too, which must not end it before it has failed its own trial."""
+    args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.name=none",
+                      "trainer.epochs=40", n_trials=2)
+    main = subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group, as in a terminal
+    helper, trial = _helper_running(main, tmp_path)
+    os.killpg(main.pid, signal.SIGINT)
+    out, _ = main.communicate(timeout=120)
+    assert main.returncode != 0 and "FAIL" in out, out[-3000:]
+    deadline = time.monotonic() + 30
+    while trial in _running_trials(tmp_path).values():
+        assert time.monotonic() < deadline, (tmp_path / "multirun" / "worker-1.log").read_text()
+        time.sleep(0.2)
+    trials = study_of(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs["reason"] == "interrupted" for t in trials)
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.blok=range(1,3)", "model.blok is not a config key (did you mean model.blocks?)"),
     ("hydra.sweeper.params=null", "hydra.sweeper.params is empty"),

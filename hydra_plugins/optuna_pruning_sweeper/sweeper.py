@@ -393,8 +393,8 @@ class OptunaPruningSweeper(Sweeper):
             if not worker:
                 self._wait_for_other_workers(study, parent)
         except BaseException as e:
-            for proc in helpers:
-                proc.terminate()
+            for proc in helpers:  # the signal of this process's death, which a worker takes once:
+                proc.send_signal(_PARENT_GONE)  # one stopping already (Ctrl-C) fails its trial
             try:
                 sweep_report.close_parent(parent, e)
             except Exception as err:  # a tracking server that stopped answering: say the first
@@ -560,6 +560,10 @@ def _refuse_overlaps(space: dict, fixed_lines: list[str], groups: DictConfig) ->
                                   f"of your own")
 
 
+# What a worker (n_jobs > 1) takes as its main process's death or stop: once, as Ctrl-C
+_PARENT_GONE = signal.SIGUSR1 if sys.platform.startswith("linux") else signal.SIGTERM
+
+
 def _die_with_parent() -> None:
     """A worker started by a sweep's main process (n_jobs > 1) stops as with Ctrl-C, failing its
     running trial, when that process dies, even by SIGKILL (Linux only). The kernel sends the
@@ -570,10 +574,10 @@ def _die_with_parent() -> None:
         return
     import ctypes
 
-    _stops.watch_parent(signal.SIGUSR1)
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1)  # 1: PR_SET_PDEATHSIG
+    _stops.watch_parent(_PARENT_GONE)
+    ctypes.CDLL(None, use_errno=True).prctl(1, _PARENT_GONE)  # 1: PR_SET_PDEATHSIG
     if str(os.getppid()) != os.environ.get("SWEEPER_PARENT_PID", str(os.getppid())):
-        os.kill(os.getpid(), signal.SIGUSR1)  # it died before the line above
+        os.kill(os.getpid(), _PARENT_GONE)  # it died before the line above
 
 
 class _Stops:
