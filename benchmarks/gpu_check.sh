@@ -57,7 +57,7 @@ run)
         || echo "bench: failed or timed out (exit $?)"
     # the fast preset, then each of $VARIANTS (overrides, runs separated by ';'), timed end to end;
     # each run reports its training time and time to first step
-    runs=("" )
+    runs=("")
     if [ -n "${VARIANTS:-}" ]; then
         IFS=';' read -ra more <<<"$VARIANTS"
         runs+=("${more[@]}")

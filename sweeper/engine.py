@@ -308,7 +308,6 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             log.info("trainer.resume: no %s yet, starting from scratch", ckpt_path)
     start, first_epoch = time.perf_counter(), result.epochs_completed + 1
     paced_from = None  # the end of this call's first step: the time left is paced from there
-    first_step_s = 0.0  # that step's own time
     above_bars = _log_above_bars()  # log lines over the progress bar, not glued to it
     above_bars.__enter__()
     try:
@@ -327,8 +326,6 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 lr = lr_at(step, total_steps, cfg.optimizer.lr, cfg.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                if not result.startup_s:
-                    first_step_from = time.perf_counter()
                 if graphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 with autocast(device, amp):
@@ -346,7 +343,6 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                         torch.cuda.synchronize(device)
                     paced_from = time.perf_counter()
                     result.startup_s = paced_from - entered
-                    first_step_s = paced_from - first_step_from  # start-up, not training time
                     result.first_step_at = time.time()
                     log.info("First step after %.1f s", result.startup_s)
                 loss = loss.detach().float()
@@ -367,8 +363,10 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 bar.close()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            epoch_s = time.perf_counter() - epoch_start
-            result.train_time_s += epoch_s - (first_step_s if epoch == first_epoch else 0.0)
+            epoch_end = time.perf_counter()
+            epoch_s = epoch_end - epoch_start
+            # this call's first step (which may compile) is start-up, not training time
+            result.train_time_s += epoch_end - (epoch_start if epoch > first_epoch else paced_from)
             val_preds = predict(val_set)
             metrics = {
                 "train/loss": loss_sum.item() / steps_per_epoch,

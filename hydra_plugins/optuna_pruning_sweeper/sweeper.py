@@ -480,10 +480,10 @@ class OptunaPruningSweeper(Sweeper):
                 with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
                     [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
                 _stops.install()  # the job set its own handler for SIGTERM
-            _stops.hold()  # a stop from here on is raised once the outcome is recorded
-            if same is None:
+                _stops.hold()  # a stop from here on is raised once the outcome is recorded
                 self._record_outcome(study, trial, ret)
             else:  # never train a configuration twice: reuse its outcome
+                _stops.hold()
                 trial.set_user_attr("duplicate_of", same.number)
                 log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number,
                          same.number, trial.params)
