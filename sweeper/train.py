@@ -8,6 +8,7 @@ exit.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,11 +22,12 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from sweeper import checkpoint
 from sweeper.config import absolute_sqlite_url, check_overrides, register
 from sweeper.engine import preflight, train
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.outputs import restore_earlier_snapshot
-from sweeper.stores import redact
+from sweeper.stores import TrackingError, redact
 from sweeper.tracking import open_tracker
 
 log = logging.getLogger(__name__)
@@ -63,17 +65,22 @@ def main(cfg: DictConfig) -> float:
             tags["trial"] = str(cfg.trial.number)
             on_epoch = trial_reporter(cfg.trial.number, cfg.trial.study, hydra_cfg.sweeper,
                                       last_epoch=cfg.trainer.epochs)
-        with open_tracker(cfg, run_name=cfg.tracking.run_name,
-                          parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
-            (out_dir / "config.yaml").write_text(redact_yaml(cfg))  # once the store has opened
-            started = True
-            try:
-                result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
-            except RuntimeError as e:  # torch.OutOfMemoryError too
-                if (oom := out_of_memory(e, cfg)) is None:
-                    raise
-                raise oom from None
-            tracker.log_result(result, out_dir)
+        try:
+            with open_tracker(cfg, run_name=cfg.tracking.run_name,
+                              parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
+                (out_dir / "config.yaml").write_text(redact_yaml(cfg))  # once the store has opened
+                started = True
+                try:
+                    result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
+                except RuntimeError as e:  # torch.OutOfMemoryError too
+                    if (oom := out_of_memory(e, cfg)) is None:
+                        raise
+                    raise oom from None
+                tracker.log_result(result, out_dir)
+        except Exception as e:  # a sweep's trial leaves this to the sweep, which stops
+            if cfg.trial.number is not None or not type(e).__module__.startswith("mlflow"):
+                raise
+            raise tracking_lost(e, out_dir) from None
     except SweeperError as e:
         if cfg.trial.number is not None:
             raise  # the Optuna sweep records the trial as failed and goes on
@@ -130,6 +137,27 @@ def out_of_memory(error: RuntimeError, cfg: DictConfig) -> SweeperError | None:
     return SweeperError(f"out of memory: a tensor of {asked} did not fit (model.blocks="
                         f"{list(cfg.model.blocks)}, model.width={cfg.model.width}, trainer.batch_size="
                         f"{cfg.trainer.batch_size}); make the model or the batch smaller")
+
+
+def tracking_lost(error: Exception, out_dir: Path) -> TrackingError:
+    """A one-line error for a run whose tracking store stopped answering after the run began
+    (MLflow reports it over many lines, with the HTTP client's retries): what is kept, and how
+    to go on."""
+    lines = str(error).strip().splitlines()
+    cause = redact(lines[0][:300]) if lines else type(error).__name__
+    try:
+        status = json.loads((out_dir / "results.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    if status == "completed":
+        kept = ("training completed (results.json, model.pt in the run's folder), but MLflow has "
+                "not recorded all of it")
+    elif (out_dir / checkpoint.FILE).exists():
+        kept = (f"the run stopped ({status or 'no results.json'}); once the store answers, run "
+                f"the same command with trainer.resume=true to continue from {checkpoint.FILE}")
+    else:
+        kept = f"the run stopped ({status or 'no results.json'})"
+    return TrackingError(f"the MLflow tracking store stopped answering ({cause}); {kept}")
 
 
 def redact_yaml(cfg: DictConfig) -> str:

@@ -137,17 +137,17 @@ def runs_of(uri: str, experiment: str = "sweeper"):
     return client, runs
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(mlflow_template, tmp_path_factory):
-    """A real `mlflow server` on loopback with a SQLite backend and a local artifact root."""
-    tmp = tmp_path_factory.mktemp("server")
-    shutil.copy(mlflow_template, tmp / "backend.db")
+def start_mlflow_server(template: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on loopback, answering, with a SQLite backend (a copy of `template`)
+    and a local artifact root under `tmp`: (its process, its URL). Its workers are its children,
+    in its own process group (`os.killpg(proc.pid, ...)` stops them all)."""
+    shutil.copy(template, tmp / "backend.db")
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp / 'backend.db'}",
          "--artifacts-destination", str(tmp / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -157,6 +157,14 @@ def mlflow_server(mlflow_template, tmp_path_factory):
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
             time.sleep(0.5)
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_template, tmp_path_factory):
+    """A real `mlflow server` on loopback with a SQLite backend and a local artifact root."""
+    tmp = tmp_path_factory.mktemp("server")
+    proc, url = start_mlflow_server(mlflow_template, tmp)
     yield url, tmp / "artifacts"
     proc.terminate()
     proc.wait(timeout=30)

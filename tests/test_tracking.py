@@ -3,8 +3,12 @@
 import base64
 import http.server
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -17,7 +21,7 @@ from sweeper import sweep_report
 from sweeper.engine import train
 from sweeper.stores import TrackingError, check_reachable, redact
 from sweeper.tracking import flatten, open_sweep_run, open_tracker
-from tests.conftest import TINY, compose_cfg, free_port, run_cli, runs_of
+from tests.conftest import TINY, compose_cfg, free_port, run_cli, runs_of, start_mlflow_server
 
 ARTIFACTS = {"config.yaml", "results.json", "model.pt", "learning_curves.png", "confusion_matrix.png"}
 
@@ -139,6 +143,51 @@ def test_runs_log_to_a_real_tracking_server(cifar_root, mlflow_server, tmp_path)
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
     assert ARTIFACTS <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert any(p.name == "model.pt" for p in artifact_root.rglob("*"))  # stored by the server
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_mid_run_is_one_line_and_the_run_resumes(
+        cifar_root, mlflow_template, tmp_path):
+    server, url = start_mlflow_server(mlflow_template, tmp_path)
+    args = [*TINY, f"data.root={cifar_root}", "trainer.epochs=200", "tracking=mlflow",
+            f"tracking.uri={url}", f"hydra.run.dir={tmp_path}/run"]
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "train.log"
+    deadline = time.monotonic() + 120
+    try:
+        while not (log.exists() and "epoch 2/200" in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its workers
+        server.wait(timeout=30)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-3000:]
+    assert err.startswith("error: the MLflow tracking store stopped answering (") and err.count(
+        "\n") == 1, err[-3000:]
+    assert err.rstrip().endswith("run the same command with trainer.resume=true to continue from "
+                                 "checkpoint.pt")
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "failed"
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_a_lost_tracking_store_says_what_the_run_kept(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from sweeper.train import tracking_lost
+
+    gone = MlflowException("API request to http://u:pw@127.0.0.1:5058/api/2.0/mlflow/runs/log-batch "
+                           "failed with exception HTTPConnectionPool: Max retries exceeded\nmore")
+    assert str(tracking_lost(gone, tmp_path)) == (
+        "the MLflow tracking store stopped answering (API request to http://u:***@127.0.0.1:5058/api/"
+        "2.0/mlflow/runs/log-batch failed with exception HTTPConnectionPool: Max retries exceeded); "
+        "the run stopped (no results.json)")
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed"}))
+    assert str(tracking_lost(gone, tmp_path)).endswith(
+        "; training completed (results.json, model.pt in the run's folder), but MLflow has not "
+        "recorded all of it")
 
 
 def test_artifacts_go_beside_the_sqlite_file_not_into_the_launch_directory(
