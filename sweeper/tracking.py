@@ -298,6 +298,9 @@ def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str], run_id: 
             if known_id and _is_active_run(client, known_id, experiment_id):
                 run_id = known_id
                 client.update_run(run_id, status="RUNNING")
+                client.set_tag(run_id, "status", "running")
+                if "error" in client.get_run(run_id).data.tags:  # what stopped it before: over
+                    client.delete_tag(run_id, "error")
                 log.info("MLflow parent run %s (resumed)", run_id)
             else:
                 run = client.create_run(experiment_id, run_name=f"sweep-{study_name}", tags={

@@ -202,8 +202,9 @@ def test_artifacts_go_beside_the_sqlite_file_not_into_the_launch_directory(
     assert not (elsewhere / "mlruns").exists()
 
 
-def sweep_parent(uri, optuna_db, name="same", **kwargs):
-    """The parent run id `parent_run` gives study `name` of `optuna_db`, the run ended as a sweep ends."""
+def sweep_parent(uri, optuna_db, name="same", end=("FINISHED",), **kwargs):
+    """The parent run id `parent_run` gives study `name` of `optuna_db`, the run then ended with
+    `end` (SweepRun.end's arguments), as a sweep ends."""
     storage = f"sqlite:///{optuna_db}"
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
     sweeper = SimpleNamespace(study_name=name, n_trials=2, directions=["maximize"], objectives=["val/acc"],
@@ -211,8 +212,18 @@ def sweep_parent(uri, optuna_db, name="same", **kwargs):
                               storage=storage)
     cfg = compose_cfg(["tracking=mlflow", f"tracking.uri={uri}"])
     parent = sweep_report.parent_run(cfg, study, sweeper, {}, **kwargs)
-    parent.end("FINISHED")
+    parent.end(*end)
     return parent.run_id
+
+
+def test_a_resumed_sweep_parent_keeps_no_error_from_before(mlflow_uri, tmp_path):
+    first = sweep_parent(mlflow_uri, tmp_path / "a.db", end=("KILLED", "KeyboardInterrupt: SIGINT"))
+    client, [run] = runs_of(mlflow_uri)
+    assert run.data.tags["error"] == "KeyboardInterrupt: SIGINT" and run.info.status == "KILLED"
+    assert sweep_parent(mlflow_uri, tmp_path / "a.db") == first  # resumed, and finished this time
+    client, [run] = runs_of(mlflow_uri)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+    assert "error" not in run.data.tags
 
 
 def test_a_sweep_parent_belongs_to_its_study_not_to_its_name(mlflow_uri, mlflow_template, tmp_path):

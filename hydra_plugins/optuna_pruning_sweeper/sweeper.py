@@ -364,9 +364,11 @@ class OptunaPruningSweeper(Sweeper):
                                              resume_id=os.environ.get("SWEEPER_PARENT_RUN_ID"))
             self._record_recipe(study, shared, space)  # past every check: the study is this one's
         self._fixed_lines = fixed_lines
-        log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s", self.study_name,
-                 redact(str(self.storage)), len(study.trials), self.n_trials,
-                 type(study.sampler).__name__, self.pruner_cfg.name)
+        done = len(study.trials)
+        log.info("Study %s in %s: %s; sampler %s, pruner %s", self.study_name,
+                 redact(str(self.storage)), f"{done} of {self.n_trials} trials done"
+                 if done < self.n_trials else f"{done} trials done, n_trials={self.n_trials}: "
+                 f"none left to run", type(study.sampler).__name__, self.pruner_cfg.name)
         threads = _threads_per_worker(1 if worker or not self._jobs_run_here() else self.n_jobs)
         if threads is not None:
             import torch
