@@ -132,6 +132,9 @@ def restore(path: Path, state: dict, parts: dict, gen: torch.Generator) -> int:
 
 
 def _refusal(path: Path, what: str, e: Exception) -> CheckpointError:
-    reason = str(e).splitlines()[0] if str(e) else ""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # torch's first lines advise weights_only=False: not here
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    reason = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return CheckpointError(f"{path} {what} ({type(e).__name__}: {reason}); delete it to start "
                            f"over, or set trainer.resume=false")

@@ -110,6 +110,7 @@ def test_a_corrupted_checkpoint_is_one_clear_error_and_kept(tiny_cfg, tmp_path, 
     with pytest.raises(CheckpointError, match="corrupted or truncated") as info:
         train(tiny_cfg, out_dir=tmp_path)
     assert "\n" not in str(info.value) and "trainer.resume=false" in str(info.value)
+    assert "weights_only" not in str(info.value)  # not torch's advice to load it unsafely
     assert path.read_bytes() == damaged  # nothing overwritten
 
 
