@@ -164,6 +164,9 @@ def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_pa
     ("hydra.sweeper.objectives=[val/acc,nope]", "error: hydra.sweeper.objectives=[val/acc,nope] "
      "is invalid: keys of results.json", 2),
     ("hydra.sweeper.direction=up", "error: hydra.sweeper.direction=up is invalid", 2),
+    ("hydra.sweeper.direction=[maximize,minimize]", "error: hydra.sweeper.direction=[maximize,"
+     "minimize] and hydra.sweeper.objectives=[val/acc] do not match: one direction per objective",
+     2),
     ("model.blocks.0=range(0,3)", "error: model.blocks.0=range(0,3) can propose 0: "
      "model.blocks=[0, 1, 1, 1] is invalid", 2),
     ("optimizer.lr=interval(-0.5,0.1)", "error: optimizer.lr=interval(-0.5,0.1) can propose -0.5", 2),
@@ -588,8 +591,10 @@ def test_ctrl_c_in_a_terminal_fails_every_workers_trial(cifar_root, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("model.blok=range(1,3)", "model.blok is not a config key (did you mean model.blocks?)"),
     ("hydra.sweeper.params=null", "hydra.sweeper.params is empty"),
-    ("optimizer.lr=tag(log,interval(-1,1))", "hydra.sweeper.params cannot be parsed: `low > 0` "
-                                             "must hold for `log=True`"),
+    ("optimizer.lr=tag(log,interval(-1,1))", "optimizer.lr=tag(log,interval(-1,1)) cannot be "
+                                             "parsed: `low > 0` must hold for `log=True`"),
+    ("optimizer.lr=interval(0.5,0.1)", "optimizer.lr=interval(0.5,0.1) cannot be parsed: "
+                                       "`low <= high` must hold"),
 ])
 def test_a_bad_search_space_is_one_line(cifar_root, tmp_path, override, message):
     proc = sweep(sweep_args(cifar_root, tmp_path, override), tmp_path)

@@ -122,8 +122,9 @@ class OptunaPruningSweeper(Sweeper):
             last = {o.get_key_element(): line for o, line in zip(parsed, lines)}  # later lines win
             lines = list(last.values())
             space, fixed, fixed_overrides = create_params_from_overrides(lines)
-        except Exception as e:  # the override grammar's own errors
-            raise ConfigError(f"hydra.sweeper.params cannot be parsed: {e}") from None
+        except Exception as e:  # the override grammar's own errors, or Optuna's (low > high)
+            where = next((line for line in lines if not _parses(line)), "hydra.sweeper.params")
+            raise ConfigError(f"{where} cannot be parsed: {e}") from None
         for name in fixed:
             space.pop(name, None)
         if not space:
@@ -322,8 +323,6 @@ class OptunaPruningSweeper(Sweeper):
                  "maximize or minimize, or a list of them, one per objective"),
                 ("objectives", self.objectives, all(o in OBJECTIVES for o in self.objectives),
                  "keys of results.json: " + ", ".join(OBJECTIVES)),
-                ("objectives", self.objectives, len(self.objectives) == len(self.directions),
-                 f"one per direction ({len(self.directions)}: {self.directions})"),
                 ("pruner.name", pruner.name, pruner.name in PRUNERS,
                  "allowed values are " + ", ".join(PRUNERS)),
                 ("pruner.n_startup_trials", pruner.n_startup_trials, pruner.n_startup_trials >= 0,
@@ -339,6 +338,10 @@ class OptunaPruningSweeper(Sweeper):
             if not ok:
                 shown = f"[{','.join(value)}]" if isinstance(value, list) else value
                 raise ConfigError(f"hydra.sweeper.{key}={shown} is invalid: {allowed}")
+        if len(self.objectives) != len(self.directions):  # either may be the one that changed
+            raise ConfigError(
+                f"hydra.sweeper.direction=[{','.join(map(str, self.directions))}] and hydra.sweeper."
+                f"objectives=[{','.join(self.objectives)}] do not match: one direction per objective")
 
     def _sweep(self, arguments: list[str]) -> None:
         self._check_settings()
@@ -711,6 +714,16 @@ def _ends(dist) -> tuple:
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return tuple(dist.choices)
     return dist.low, dist.high
+
+
+def _parses(line: str) -> bool:
+    """Whether one search-space line parses into a distribution on its own."""
+    try:
+        OverridesParser.create().parse_overrides([line])
+        create_params_from_overrides([line])
+    except Exception:
+        return False
+    return True
 
 
 def _proposable(shared: DictConfig, space: dict) -> DictConfig:
