@@ -139,8 +139,11 @@ def absolute_sqlite_url(url: str | None) -> str | None:
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
-    """Refuse a malformed override or an unknown option of a config group with a one-line error.
+def check_overrides(overrides: list[str], config_dirs: list[Path] = (),
+                    multirun: bool | None = None) -> None:
+    """Refuse a malformed override or an unknown option of a config group with a one-line error;
+    also, with `multirun` given, a sweep of values without --multirun (multirun=False), and an
+    Optuna search range where no sweep preset chooses the Optuna sweeper.
 
     Hydra reports both itself, over many lines; this runs first. Groups are the folders of conf/
     (and of `config_dirs` and file:// entries of hydra.searchpath, where presets such as a sweep's
@@ -174,6 +177,8 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
                                           for o in parsed)
     for override in parsed:
         group = override.key_or_group
+        if multirun is not None and override.is_sweep_override():
+            _check_sweep_value(override, multirun, sweeper_chosen)
         folders = [d / group for d in dirs if (d / group).is_dir()]
         if group == "hydra/sweeper/sampler" and not override.is_delete():
             _check_option(override, group, _SAMPLERS)
@@ -199,6 +204,20 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = ()) -> None:
 # The samplers of the official Optuna sweeper (group hydra/sweeper/sampler) that Optuna 3+ has.
 _SAMPLERS = ["cmaes", "gp", "grid", "nsgaii", "nsgaiii", "qmc", "random", "tpe"]
 _SWEEPER = "hydra.sweeper."
+
+
+def _check_sweep_value(override: Any, multirun: bool, sweeper_chosen: bool) -> None:
+    """A sweep of values needs --multirun, and a search range (interval) the Optuna sweeper,
+    which a sweep preset chooses (Hydra says either over several lines, or as a traceback)."""
+    line = override.input_line
+    if override.is_interval_sweep() and not sweeper_chosen:
+        presets = ", ".join(sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
+        raise ConfigError(f"{line} is a search range of the Optuna sweeper, which a sweep preset "
+                          f"chooses: add sweep=<preset> ({presets}) and --multirun; without one, "
+                          f"--multirun sweeps lists of values ({override.key_or_group}=a,b)")
+    if not multirun:
+        raise ConfigError(f"{line} sweeps values, which needs --multirun (-m); for a list, write "
+                          f"{override.key_or_group}=[...]; for a string with commas, quote it")
 
 
 def _check_deletable(override: Any, schema: Any) -> None:

@@ -118,7 +118,7 @@ def cli() -> None:
         dirs = [args.config_dir] if args.config_dir else []
         if args.config_path:  # -cp: absolute, or relative to this file as in @hydra.main
             dirs.append(Path(__file__).parent / args.config_path)
-        check_overrides(overrides, dirs)
+        check_overrides(overrides, dirs, multirun=args.multirun)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -230,6 +230,12 @@ def test_ctrl_c_leaves_a_run_marked_interrupted(cifar_root, tmp_path):
     (["tracking=off", "-m", "sweep=smoke", "model.blok=3"], "model.blok is not a config key"),
     (["--multirun", "sweep=smoke", "hydra.sweeper.n_trials=abc"],
      "hydra.sweeper.n_trials=abc is invalid: an int"),
+    # Hydra: a traceback ("BasicSweeper does not support sweep type : INTERVAL_SWEEP")
+    (["-m", "optimizer.lr=interval(0.1,0.2)"], "optimizer.lr=interval(0.1,0.2) is a search range "
+     "of the Optuna sweeper, which a sweep preset chooses: add sweep=<preset> (blocks_lr, "),
+    (["optimizer.lr=interval(0.1,0.2)"], "optimizer.lr=interval(0.1,0.2) is a search range"),
+    # Hydra: four lines ("Ambiguous value for argument ...")
+    (["optimizer.lr=0.1,0.2"], "optimizer.lr=0.1,0.2 sweeps values, which needs --multirun (-m)"),
 ])
 def test_overrides_after_a_flag_are_checked_too(tmp_path, args, message):
     """Hydra takes overrides on both sides of -m; they were checked only before it."""
