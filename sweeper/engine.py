@@ -252,6 +252,11 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     if device.type == "cpu" and precision not in ("fp32", auto):
         log.warning("trainer.precision=%s on this CPU: usually slower than fp32, often several "
                     "times (trainer.precision=auto uses %s here)", tr.precision, auto)
+    if tr.compile is False and tr.compile_mode != "default":
+        log.warning("trainer.compile_mode=%s has no effect with trainer.compile=false",
+                    tr.compile_mode)
+    if cfg.optimizer.name == "adamw" and cfg.optimizer.nesterov:
+        log.warning("optimizer.nesterov=true has no effect with optimizer=adamw (SGD only)")
     model, forward = build_compiled(cfg.model, device, channels_last, use_compile, tr.compile_mode)
     # CUDA graphs replay a step's kernels in one launch; each step begins a new replay, whose
     # outputs (the logits) overwrite the last step's

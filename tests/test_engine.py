@@ -239,3 +239,19 @@ def test_bf16_on_a_cpu_without_amx_warns_and_trains(tiny_cfg, amx, caplog):
     assert result.status == "completed" and math.isfinite(result.history[0]["train/loss"])
     slower = [r for r in caplog.records if "usually slower than fp32" in r.getMessage()]
     assert len(slower) == (0 if amx else 1) and result.precision == "bf16"
+
+
+@pytest.mark.parametrize("overrides, warning", [
+    ({"trainer.compile": False, "trainer.compile_mode": "reduce-overhead"},
+     "trainer.compile_mode=reduce-overhead has no effect with trainer.compile=false"),
+    ({"optimizer.name": "adamw", "optimizer.nesterov": True},
+     "optimizer.nesterov=true has no effect with optimizer=adamw"),
+])
+def test_a_setting_another_one_turns_off_is_named(tiny_cfg, caplog, overrides, warning):
+    from omegaconf import OmegaConf
+
+    for key, value in overrides.items():
+        OmegaConf.update(tiny_cfg, key, value)
+    tiny_cfg.trainer.epochs = 1
+    assert train(tiny_cfg).status == "completed"
+    assert [r.levelname for r in caplog.records if warning in r.getMessage()] == ["WARNING"]
