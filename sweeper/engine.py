@@ -110,15 +110,19 @@ def preflight(cfg, out_dir: Path | None = None, local: bool = True) -> torch.dev
     return device
 
 
+def run_status(out_dir: Path) -> str | None:
+    """The status results.json in `out_dir` records, or None (no such file, or not readable)."""
+    try:
+        return json.loads((out_dir / "results.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def refuse_completed(out_dir: Path) -> None:
     """trainer.resume in a directory whose run completed: nothing to resume, and training from
     scratch would overwrite its results and weights."""
     results = out_dir / "results.json"
-    try:
-        completed = json.loads(results.read_text()).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
-        completed = False
-    if completed:
+    if run_status(out_dir) == "completed":
         raise checkpoint.CheckpointError(
             f"{results} holds a completed run: nothing to resume, and its results and model.pt "
             f"are kept; use another hydra.run.dir, or trainer.resume=false to train it again")

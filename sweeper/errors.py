@@ -15,3 +15,14 @@ class ConfigError(SweeperError):
 
 class DataError(SweeperError):
     """The dataset is missing, truncated or malformed; the message names the file and a fix."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message (libraries often add many), or its type's name."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def from_mlflow(error: BaseException) -> bool:
+    """Whether `error` is MLflow's own (a tracking store that stopped answering, say)."""
+    return type(error).__module__.startswith("mlflow")

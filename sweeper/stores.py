@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from sweeper.config import absolute_sqlite_url
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, first_line
 
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # default ports of database stores
 
@@ -87,9 +87,8 @@ def opening(uri: str):
     except TrackingError:
         raise
     except Exception as e:
-        lines = str(e).strip().splitlines()
-        cause = redact(lines[0]) if lines else type(e).__name__
-        raise TrackingError(f"tracking.uri={redact(uri)} cannot be used: {cause}") from None
+        raise TrackingError(f"tracking.uri={redact(uri)} cannot be used: "
+                            f"{redact(first_line(e))}") from None
 
 
 def store_key(uri: str) -> str:

@@ -295,11 +295,11 @@ def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str], run_id: 
         client = MlflowClient(tracking_uri=uri)
         if run_id is None:
             experiment_id = experiment_id_for(client, cfg.tracking.experiment)
-            if known_id and _is_active_run(client, known_id, experiment_id):
+            if known := (known_id and _active_run(client, known_id, experiment_id)):
                 run_id = known_id
                 client.update_run(run_id, status="RUNNING")
                 client.set_tag(run_id, "status", "running")
-                if "error" in client.get_run(run_id).data.tags:  # what stopped it before: over
+                if "error" in known.data.tags:  # what stopped it before: over
                     client.delete_tag(run_id, "error")
                 log.info("MLflow parent run %s (resumed)", run_id)
             else:
@@ -313,12 +313,13 @@ def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str], run_id: 
     return SweepRun(client, run_id)
 
 
-def _is_active_run(client, run_id: str, experiment_id: str) -> bool:
-    """Whether `run_id` is a run of the experiment in the client's store, not deleted."""
+def _active_run(client, run_id: str, experiment_id: str):
+    """Run `run_id` when it is a run of the experiment in the client's store, not deleted; else None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        info = client.get_run(run_id).info
+        run = client.get_run(run_id)
     except MlflowException:
-        return False
-    return info.experiment_id == experiment_id and info.lifecycle_stage == "active"
+        return None
+    active = run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
+    return run if active else None

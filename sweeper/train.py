@@ -8,7 +8,6 @@ exit.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import checkpoint
 from sweeper.config import absolute_sqlite_url, check_overrides, register
-from sweeper.engine import preflight, train
-from sweeper.errors import ConfigError, SweeperError
+from sweeper.engine import preflight, run_status, train
+from sweeper.errors import ConfigError, SweeperError, first_line, from_mlflow
 from sweeper.outputs import restore_earlier_snapshot
 from sweeper.stores import TrackingError, redact
 from sweeper.tracking import open_tracker
@@ -78,7 +77,7 @@ def main(cfg: DictConfig) -> float:
                     raise oom from None
                 tracker.log_result(result, out_dir)
         except Exception as e:  # a sweep's trial leaves this to the sweep, which stops
-            if cfg.trial.number is not None or not type(e).__module__.startswith("mlflow"):
+            if cfg.trial.number is not None or not from_mlflow(e):
                 raise
             raise tracking_lost(e, out_dir) from None
     except SweeperError as e:
@@ -143,12 +142,8 @@ def tracking_lost(error: Exception, out_dir: Path) -> TrackingError:
     """A one-line error for a run whose tracking store stopped answering after the run began
     (MLflow reports it over many lines, with the HTTP client's retries): what is kept, and how
     to go on."""
-    lines = str(error).strip().splitlines()
-    cause = redact(lines[0][:300]) if lines else type(error).__name__
-    try:
-        status = json.loads((out_dir / "results.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        status = None
+    cause = redact(first_line(error)[:300])
+    status = run_status(out_dir)
     if status == "completed":
         kept = ("training completed (results.json, model.pt in the run's folder), but MLflow has "
                 "not recorded all of it")

@@ -14,6 +14,8 @@ import threading
 
 import optuna
 
+from sweeper.errors import first_line
+
 log = logging.getLogger(__name__)
 TrialState = optuna.trial.TrialState
 
@@ -69,8 +71,7 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: int):
             try:
                 storage.record_heartbeat(trial_id)
             except Exception as e:  # retried at the next beat; three misses lose the trial
-                log.warning("Trial %d: heartbeat not recorded (%s)", trial.number,
-                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+                log.warning("Trial %d: heartbeat not recorded (%s)", trial.number, first_line(e))
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
     thread.start()

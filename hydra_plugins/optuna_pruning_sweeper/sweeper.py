@@ -46,7 +46,7 @@ from hydra_plugins.optuna_pruning_sweeper.study import (
 )
 from sweeper import sweep_report
 from sweeper.config import absolute_path, absolute_sqlite_url
-from sweeper.errors import ConfigError, SweeperError
+from sweeper.errors import ConfigError, SweeperError, first_line, from_mlflow
 from sweeper.stores import redact
 from sweeper.trial import PRUNERS
 from sweeper.trial import storage as trial_storage
@@ -105,9 +105,9 @@ class OptunaPruningSweeper(Sweeper):
                       f"{self.n_trials + 1} to replace that trial)", file=sys.stderr)
             sys.exit(130)
         except Exception as e:
-            if not type(e).__module__.startswith("mlflow"):
+            if not from_mlflow(e):
                 raise
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = first_line(e)
             print(f"error: the MLflow tracking server stopped answering ({first[:300]}); the "
                   f"study keeps its trials: once it answers, run the same command to resume study "
                   f"'{self.study_name}'", file=sys.stderr)
@@ -404,7 +404,7 @@ class OptunaPruningSweeper(Sweeper):
                 sweep_report.close_parent(parent, e)
             except Exception as err:  # a tracking server that stopped answering: say the first
                 log.warning("The MLflow parent run could not be closed: %s",
-                            str(err).splitlines()[0] if str(err) else type(err).__name__)
+                            first_line(err))
             raise
         if not worker:
             sweep_report.finish(study, self, sweep_dir, parent)
