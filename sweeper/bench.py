@@ -101,7 +101,8 @@ def fresh_process_startup(overrides: list[str]) -> dict:
 
 
 def _cpu_text(cpu: dict) -> str:
-    return f"{cpu['model']}, {cpu['capability']}{' with AMX' if cpu['amx'] else ''}"
+    native = " with AMX" if cpu["amx"] else " with avx512_bf16" if cpu.get("avx512_bf16") else ""
+    return f"{cpu['model']}, {cpu['capability']}{native}"
 
 
 def summarise(values: list[float]) -> dict:

@@ -64,8 +64,10 @@ def make_cifar(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def fake_amx(monkeypatch, present: bool | None) -> None:
-    """Make this CPU one with usable AMX, one without, or (None) one torch cannot tell about."""
+def fake_amx(monkeypatch, present: bool | None, vendor: str = "GenuineIntel",
+             flags: str = "avx512f") -> None:
+    """Make this CPU one with usable AMX, one without, or (None) one torch cannot tell about; and
+    (/proc/cpuinfo) one of `vendor` with `flags`, so that no test depends on the CPU it runs on."""
     import torch
 
     if present is None:
@@ -73,6 +75,7 @@ def fake_amx(monkeypatch, present: bool | None) -> None:
     else:
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: present)
         monkeypatch.setattr(torch.cpu, "_init_amx", lambda: present, raising=False)
+    monkeypatch.setattr("sweeper.device._cpuinfo", lambda: {"vendor_id": vendor, "flags": flags})
 
 
 @pytest.fixture(scope="session")

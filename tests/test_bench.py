@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,8 @@ def test_bench_writes_json_and_prints_a_table(cifar_root, tmp_path):
     cpu = report["cpu"]  # which kind of machine ran it: the JSON alone must tell
     assert cpu["model"] and cpu["capability"] == torch.backends.cpu.get_cpu_capability()
     assert cpu["amx"] == bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    flags = Path("/proc/cpuinfo").read_text().split("\n\n")[0] if Path("/proc/cpuinfo").exists() else ""
+    assert cpu["avx512_bf16"] == ("avx512_bf16" in flags.split())
     assert "x reference" in proc.stdout and f"sweeper-eager ({ours})" in proc.stdout
     assert "(convs only)" in proc.stdout and "(at the peak)" in proc.stdout
     assert "note: 2 steps per epoch at width 4: too few to time well" in proc.stdout
@@ -98,9 +101,10 @@ def test_default_variants_add_fp32_where_the_cpu_defaults_to_bf16(monkeypatch):
     from sweeper.bench import parse_args
     from tests.conftest import fake_amx
 
-    for amx, variants in ((True, ["sweeper", "sweeper-compile", "sweeper-fp32"]),
-                          (False, ["sweeper", "sweeper-compile"])):
-        fake_amx(monkeypatch, amx)
+    for amx, vendor, variants in ((True, "GenuineIntel", ["sweeper", "sweeper-compile", "sweeper-fp32"]),
+                                  (False, "GenuineIntel", ["sweeper", "sweeper-compile"]),
+                                  (False, "AuthenticAMD", ["sweeper", "sweeper-compile", "sweeper-fp32"])):
+        fake_amx(monkeypatch, amx, vendor, "avx512f avx512_bf16")
         assert parse_args(["--device", "cpu"]).variants == variants
     assert parse_args(["--device", "cpu", "--variants", "sweeper"]).variants == ["sweeper"]
 

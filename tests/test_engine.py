@@ -226,10 +226,28 @@ def test_amx_the_kernel_does_not_enable_means_fp32(monkeypatch):
     import torch
 
     from sweeper.device import autocast_dtype
+    from tests.conftest import fake_amx
 
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    fake_amx(monkeypatch, True)
     monkeypatch.setattr(torch.cpu, "_init_amx", lambda: False, raising=False)
     assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("vendor, flags, bf16", [
+    ("AuthenticAMD", "avx512f avx512_bf16", True),  # Zen 4 and later: bf16 convolutions 2x fp32's
+    ("AuthenticAMD", "avx2", False),
+    ("GenuineIntel", "avx512f avx512_bf16", False),  # without AMX: 1.4-1.5x slower than fp32
+])
+def test_auto_precision_without_amx_is_bf16_on_amd_cpus_with_avx512_bf16(vendor, flags, bf16,
+                                                                          monkeypatch):
+    import torch
+
+    from sweeper.device import autocast_dtype, cpu_info
+    from tests.conftest import fake_amx
+
+    fake_amx(monkeypatch, False, vendor, flags)
+    assert cpu_info()["avx512_bf16"] is ("avx512_bf16" in flags)
+    assert autocast_dtype("auto", torch.device("cpu")) is (torch.bfloat16 if bf16 else None)
 
 
 def test_bf16_on_a_cpu_without_amx_warns_and_trains(tiny_cfg, amx, caplog):
