@@ -37,7 +37,7 @@ def build_pruner(cfg: Any) -> optuna.pruners.BasePruner:
                                                       reduction_factor=cfg.reduction_factor)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=cfg.min_resource,
-                                              max_resource=cfg.max_resource,
+                                              max_resource=cfg.max_resource or "auto",
                                               reduction_factor=cfg.reduction_factor)
     raise ValueError(f"hydra.sweeper.pruner.name={name!r} is invalid: allowed values are "
                      + ", ".join(PRUNERS))

@@ -97,6 +97,32 @@ def test_the_pruner_prunes_hopeless_trials(cifar_root, tmp_path):
                 f"pruned: after epoch {len(t.intermediate_values)} with val/acc=")
 
 
+def test_hyperband_budget_is_trainer_epochs_unless_given(cifar_root, tmp_path):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=hyperband",
+                            "trainer.epochs=2", n_trials=2), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hydra_cfgs = sorted((tmp_path / "multirun").glob("*/.hydra/hydra.yaml"))
+    assert len(hydra_cfgs) == 2  # every trial's job built its pruner for 2 epochs, not 30
+    for path in hydra_cfgs:
+        assert OmegaConf.load(path).hydra.sweeper.pruner.max_resource == 2
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study_of(tmp_path).trials)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.epochs=2", "hydra.sweeper.pruner.min_resource=3"],
+     "error: hydra.sweeper.pruner.min_resource=3 is invalid: an int <= trainer.epochs=2, the epochs "
+     "of a full trial"),
+    (["trainer.epochs=range(1,3)"],
+     "error: hydra.sweeper.pruner.max_resource=null is invalid while trainer.epochs is searched: "
+     "give the most epochs a trial trains, e.g. hydra.sweeper.pruner.max_resource=30"),
+])
+def test_hyperband_without_a_budget_it_can_derive_is_refused(cifar_root, tmp_path, overrides, message):
+    proc = sweep(sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=hyperband", *overrides),
+                 tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == message, proc.stderr
+    assert not (tmp_path / "optuna.db").exists()
+
+
 def test_a_raising_and_a_diverging_trial_are_recorded_and_the_sweep_goes_on(cifar_root, tmp_path):
     proc = sweep(sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
                             "data.val_size=choice(50,1000000)", "optimizer.lr=choice(0.05,1e12)",

@@ -20,7 +20,7 @@ class PrunerConf:
     n_startup_trials: int = 2  # median: trials that finish before any is pruned
     n_warmup_steps: int = 1  # median: epochs a trial always runs
     min_resource: int = 1  # successive_halving, hyperband: epochs before the first rung
-    max_resource: int = 30  # hyperband: epochs of a full trial
+    max_resource: int | None = None  # hyperband: epochs of a full trial (null: trainer.epochs)
     reduction_factor: int = 3  # successive_halving, hyperband
 
 

@@ -163,6 +163,25 @@ class OptunaPruningSweeper(Sweeper):
                     raise ConfigError(f"{shown} can propose {value}, which "
                                       f"{key} cannot hold ({str(e).splitlines()[0]})") from None
 
+    def _resolve_max_resource(self, space: dict, shared: DictConfig) -> list[str]:
+        """Hyperband's max_resource=null is the epochs of a full trial, trainer.epochs: set here and
+        in the override line returned, which every trial's job (that builds its pruner) gets."""
+        pruner = self.pruner_cfg
+        if pruner.name != "hyperband" or pruner.max_resource is not None:
+            return []
+        if any(name.lstrip("+") == "trainer.epochs" for name in space):
+            raise ConfigError("hydra.sweeper.pruner.max_resource=null is invalid while trainer.epochs "
+                              "is searched: give the most epochs a trial trains, e.g. "
+                              "hydra.sweeper.pruner.max_resource=30")
+        epochs = int(shared.trainer.epochs)
+        if epochs < pruner.min_resource:
+            raise ConfigError(f"hydra.sweeper.pruner.min_resource={pruner.min_resource} is invalid: "
+                              f"an int <= trainer.epochs={epochs}, the epochs of a full trial")
+        for node in (pruner, self.config.hydra.sweeper.pruner):
+            with read_write(node):
+                node.max_resource = epochs
+        return [f"hydra.sweeper.pruner.max_resource={epochs}"]
+
     def _is_grid(self) -> bool:
         return "GridSampler" in str(self.sampler_cfg.get("_target_"))
 
@@ -331,8 +350,9 @@ class OptunaPruningSweeper(Sweeper):
                  "an int >= 0 (epochs)"),
                 ("pruner.min_resource", pruner.min_resource, pruner.min_resource >= 1,
                  "an int >= 1 (epochs)"),
-                ("pruner.max_resource", pruner.max_resource,
-                 pruner.max_resource >= pruner.min_resource, "an int >= pruner.min_resource"),
+                ("pruner.max_resource", pruner.max_resource, pruner.max_resource is None
+                 or pruner.max_resource >= pruner.min_resource,
+                 "an int >= pruner.min_resource, or null for trainer.epochs"),
                 ("pruner.reduction_factor", pruner.reduction_factor, pruner.reduction_factor >= 2,
                  "an int >= 2")):
             if not ok:
@@ -348,6 +368,7 @@ class OptunaPruningSweeper(Sweeper):
         space, fixed_lines, job_cfg, lines = self._search_space(arguments)
         shared = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])  # no hydra
         self._check_space(space, shared, lines)
+        fixed_lines += self._resolve_max_resource(space, shared)
         _refuse_overlaps(space, fixed_lines, job_cfg.hydra.runtime.choices)
         self._preflight(_proposable(shared, space))
         if self.study_name is None:
