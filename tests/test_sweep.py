@@ -206,6 +206,8 @@ def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_pa
     # an in-memory study: every trial failed, and each worker had a study of its own
     ("hydra.sweeper.storage=null", "error: hydra.sweeper.storage=null is invalid: a database URL "
      "that keeps the study, e.g. sqlite:///optuna.db", 2),
+    ("hydra.sweeper.storage=optuna.db", "error: hydra.sweeper.storage=optuna.db is invalid: a "
+     "database URL that keeps the study, e.g. sqlite:///optuna.db", 2),
     ("hydra.sweeper.storage=postgres://me@127.0.0.1/db", "error: hydra.sweeper.storage=postgres://"
      "me@127.0.0.1/db is invalid: SQLAlchemy names PostgreSQL postgresql://", 2),
     ("hydra.sweeper.study_name=", "error: hydra.sweeper.study_name='' is invalid: a name, or null", 2),

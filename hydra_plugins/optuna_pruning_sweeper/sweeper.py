@@ -320,7 +320,7 @@ class OptunaPruningSweeper(Sweeper):
 
     def _check_settings(self) -> None:
         storage = self.storage
-        if not storage or not isinstance(storage, str):
+        if not storage or not isinstance(storage, str) or "://" not in storage:
             raise ConfigError(f"hydra.sweeper.storage={storage or 'null'} is invalid: a database "
                              f"URL that keeps the study, e.g. sqlite:///optuna.db or "
                              f"postgresql+psycopg://user@host/db")
