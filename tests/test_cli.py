@@ -120,6 +120,8 @@ BAD_INPUTS = {
     "malformed override": (["model.blocks=[2,2"], "cannot parse the override 'model.blocks=[2,2'", 2),
     "misspelt key": (["model.blok=3"], "model.blok is not a config key (did you mean model.blocks?)", 2),
     "wrong type": (["trainer.epochs=abc"], "trainer.epochs=abc is invalid: an int", 2),
+    "adding a key that exists": (["+trainer.epochs=3"], "+trainer.epochs=3 adds a key, but "
+                                 "trainer.epochs exists: set it with trainer.epochs=3", 2),
     "deleted field": (["~model.width"], "~model.width is invalid: model.width is a field of the "
                       "typed config and cannot be deleted; set it instead", 2),
     "unknown group option": (["model=resnet99"], "model=resnet99 is invalid: allowed values are "
@@ -224,6 +226,35 @@ def test_ctrl_c_leaves_a_run_marked_interrupted(cifar_root, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and 1 <= results["epochs_completed"] < 500
+
+
+@pytest.mark.parametrize("sweep, message", [
+    (["trainer.epochs=1,0"], "error: job 1 of 2 (trainer.epochs=0): trainer.epochs=0 is invalid: "
+     "an int >= 1; no job has started"),
+    (["data.val_size=50,5000"], "error: job 1 of 2 (data.val_size=5000): data.val_size=5000 "
+     "leaves no training images"),
+    (["trainer.epochs=1,2", "trainer.device=cpu,tpu"], "error: job 1 of 4 (trainer.epochs=1 "
+     "trainer.device=tpu): trainer.device='tpu' is invalid: allowed values are auto, cpu, cuda; no "
+     "job has started"),
+])
+def test_a_plain_multirun_checks_every_job_before_the_first_starts(cifar_root, tmp_path, sweep,
+                                                                   message):
+    """Hydra composes every job before launching but checks no values: a bad one in a list failed
+    only when its job started, after the jobs before it had trained."""
+    proc = run_cli(*TINY, f"data.root={cifar_root}", "-m", *sweep, f"hydra.sweep.dir={tmp_path}/sweep",
+                   cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(message), lines[0]
+    assert not (tmp_path / "sweep").exists()  # no job ran, no folder was made
+
+
+def test_a_plain_multirun_of_good_values_runs_every_job(cifar_root, tmp_path):
+    proc = run_cli(*TINY, f"data.root={cifar_root}", "trainer.epochs=1", "-m", "seed=0,1",
+                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / "sweep" / job / "results.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.parametrize("args, message", [
