@@ -25,7 +25,7 @@ test-system: $(VENV)/installed ## system tests: kills and resume, workers, Postg
 lint: $(VENV)/installed ## check style with ruff
 	$(VENV)/bin/ruff check sweeper tests hydra_plugins
 
-smoke: $(VENV)/installed ## train the smoke preset on real CIFAR-10 (14-29 s on 2 CPU cores)
+smoke: $(VENV)/installed ## train the smoke preset on real CIFAR-10 (13-29 s on 2 CPU cores)
 	$(PY) -m sweeper.train experiment=smoke data.root=$(DATA)
 
 train: $(VENV)/installed ## train the default model (pre-act ResNet-18) on real CIFAR-10
