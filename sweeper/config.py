@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.experimental.callback import Callback
 
-from sweeper.errors import ConfigError, SweeperError
+from sweeper.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -344,7 +343,7 @@ def _check_key(override: Any, schema: Any, prefix: str = "") -> None:
     if added and not absent:
         if override.is_force_add() or OmegaConf.select(schema, key) is None:
             return  # ++key sets or adds; +key may fill a null (if a group set it, Hydra says so)
-        value = override.get_value_element_as_str()
+        key, value = prefix + key, override.input_line.split("=", 1)[1]  # as typed: a sweep too
         raise ConfigError(f"+{key}={value} adds a key, but {key} exists: set it with {key}={value} "
                           f"(++{key}={value} sets or adds)")
     if absent:
@@ -384,63 +383,6 @@ def _check_key(override: Any, schema: Any, prefix: str = "") -> None:
 
 
 _ABSENT = object()
-
-
-class MultirunCheck(Callback):
-    """A plain `--multirun` (Hydra's basic sweeper) checks every job's config, composed as that job
-    will run, before the first job starts: a bad value in a list (`trainer.epochs=1,0`) is one line
-    and exit status 2 then, not an error after the jobs before it trained. Where the jobs run here,
-    the device, the data and the validation split are checked as well. Optuna sweeps check their
-    search space themselves."""
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        import sys
-
-        from omegaconf import OmegaConf
-
-        if not str(OmegaConf.select(config, "hydra.sweeper._target_")).endswith("BasicSweeper"):
-            return
-        try:
-            check_jobs(config)
-        except SweeperError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(e.exit_code)
-
-
-def check_jobs(config: Any) -> None:
-    """Compose and check the jobs a basic sweep of `config` will run; raise SweeperError on the
-    first bad one (where composing fails, Hydra says why when it composes them itself)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from sweeper.engine import preflight
-
-    lines = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
-    lines += list(config.hydra.overrides.task)
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_"))
-    local = launcher.endswith(("BasicLauncher", "LocalLauncher"))  # jobs run on this machine
-    try:
-        loader = GlobalHydra.instance().config_loader()
-        parsed = OverridesParser.create().parse_overrides(lines)
-        jobs = BasicSweeper.split_arguments(parsed, None)[0]
-    except Exception:
-        return
-    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
-    for number, job in enumerate(jobs):
-        try:
-            cfg = loader.load_sweep_config(config, list(job))
-        except Exception:
-            return
-        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        cfg.data.root = absolute_path(str(cfg.data.root))
-        try:
-            preflight(cfg, local=local)
-        except SweeperError as e:
-            values = " ".join(line for line in job if line.split("=", 1)[0] in swept)
-            e.args = (f"job {number} of {len(jobs)} ({values}): {e}; no job has started",)
-            raise
 
 
 def register() -> None:

@@ -35,7 +35,7 @@ register()
 
 
 @hydra.main(config_path="../conf", config_name="config",
-             execution_whitelist=["sweeper.outputs.OutputDirCheck", "sweeper.config.MultirunCheck"])
+             execution_whitelist=["sweeper.outputs.OutputDirCheck", "sweeper.multirun.MultirunCheck"])
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout`, `kill`, batch schedulers: as Ctrl-C

@@ -229,13 +229,15 @@ def test_ctrl_c_leaves_a_run_marked_interrupted(cifar_root, tmp_path):
 
 
 @pytest.mark.parametrize("sweep, message", [
-    (["trainer.epochs=1,0"], "error: job 1 of 2 (trainer.epochs=0): trainer.epochs=0 is invalid: "
+    (["trainer.epochs=1,0"], "error: job 2 of 2 (#1: trainer.epochs=0): trainer.epochs=0 is invalid: "
      "an int >= 1; no job has started"),
-    (["data.val_size=50,5000"], "error: job 1 of 2 (data.val_size=5000): data.val_size=5000 "
+    (["data.val_size=50,5000"], "error: job 2 of 2 (#1: data.val_size=5000): data.val_size=5000 "
      "leaves no training images"),
-    (["trainer.epochs=1,2", "trainer.device=cpu,tpu"], "error: job 1 of 4 (trainer.epochs=1 "
+    (["trainer.epochs=1,2", "trainer.device=cpu,tpu"], "error: job 2 of 4 (#1: trainer.epochs=1 "
      "trainer.device=tpu): trainer.device='tpu' is invalid: allowed values are auto, cpu, cuda; no "
      "job has started"),
+    (["model=glob(tiny)", "trainer.epochs=1,0"], "error: job 2 of 2 (#1: model=tiny trainer.epochs=0): "
+     "trainer.epochs=0 is invalid"),  # a glob needs the config loader to be split into jobs
 ])
 def test_a_plain_multirun_checks_every_job_before_the_first_starts(cifar_root, tmp_path, sweep,
                                                                    message):
@@ -267,6 +269,12 @@ def test_a_plain_multirun_of_good_values_runs_every_job(cifar_root, tmp_path):
     (["optimizer.lr=interval(0.1,0.2)"], "optimizer.lr=interval(0.1,0.2) is a search range"),
     # Hydra: four lines ("Ambiguous value for argument ...")
     (["optimizer.lr=0.1,0.2"], "optimizer.lr=0.1,0.2 sweeps values, which needs --multirun (-m)"),
+    # a sweep's values, and a key under hydra.sweeper, named as typed
+    (["-m", "+trainer.epochs=1,2"], "+trainer.epochs=1,2 adds a key, but trainer.epochs exists: set "
+     "it with trainer.epochs=1,2"),
+    (["-m", "sweep=lr", "hydra/sweeper/sampler=tpe", "+hydra.sweeper.sampler.n_startup_trials=5"],
+     "+hydra.sweeper.sampler.n_startup_trials=5 adds a key, but hydra.sweeper.sampler."
+     "n_startup_trials exists: set it with hydra.sweeper.sampler.n_startup_trials=5"),
 ])
 def test_overrides_after_a_flag_are_checked_too(tmp_path, args, message):
     """Hydra takes overrides on both sides of -m; they were checked only before it."""

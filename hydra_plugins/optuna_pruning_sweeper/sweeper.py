@@ -45,8 +45,9 @@ from hydra_plugins.optuna_pruning_sweeper.study import (
     tell,
 )
 from sweeper import sweep_report
-from sweeper.config import absolute_path, absolute_sqlite_url
+from sweeper.config import absolute_sqlite_url
 from sweeper.errors import ConfigError, SweeperError, first_line, from_mlflow
+from sweeper.multirun import jobs_run_here, preflight_job
 from sweeper.stores import redact
 from sweeper.trial import PRUNERS
 from sweeper.trial import storage as trial_storage
@@ -252,19 +253,10 @@ class OptunaPruningSweeper(Sweeper):
         """Check the settings every trial shares once, before the study is touched: a bad value,
         a missing dataset or an absent device is one line and exit status 2 (or 1), not a study
         of failed trials. Jobs of a cluster launcher check their device and data where they run."""
-        from sweeper.engine import preflight
-
         if job_cfg.trainer.resume:  # trials write no checkpoints: a sweep resumes as a whole
             raise ConfigError("trainer.resume=true is for a single run; a sweep's trials keep no "
                               "checkpoints, and the sweep resumes when the same command runs again")
-        cfg = job_cfg.copy()
-        cfg.data.root = absolute_path(str(cfg.data.root))
-        preflight(cfg, local=self._jobs_run_here())
-
-    def _jobs_run_here(self) -> bool:
-        """Whether trials run on this machine: in this process, or as submitit's local jobs."""
-        launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_"))
-        return launcher.endswith(("BasicLauncher", "LocalLauncher"))
+        preflight_job(job_cfg, self.config)
 
     def _check_recipe(self, study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
         """A study holds trials of one recipe: the settings every trial shares, and which keys it
@@ -393,7 +385,7 @@ class OptunaPruningSweeper(Sweeper):
                  redact(str(self.storage)), f"{done} of {self.n_trials} trials done"
                  if done < self.n_trials else f"{done} trials done, n_trials={self.n_trials}: "
                  f"none left to run", type(study.sampler).__name__, self.pruner_cfg.name)
-        threads = _threads_per_worker(1 if worker or not self._jobs_run_here() else self.n_jobs)
+        threads = _threads_per_worker(1 if worker or not jobs_run_here(self.config) else self.n_jobs)
         if threads is not None:
             import torch
 
