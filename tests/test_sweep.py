@@ -262,13 +262,22 @@ def test_a_study_refuses_a_run_that_searches_other_keys(cifar_root, tmp_path):
     assert len(study_of(tmp_path).trials) == 1
 
 
-def test_a_refused_sweep_does_not_fix_the_new_studys_settings(cifar_root, tmp_path):
-    refused = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "tracking=mlflow",
-                               "tracking.uri=http://127.0.0.1:9"), tmp_path)
+def test_a_refused_sweep_leaves_no_study_and_keeps_one_it_found(cifar_root, tmp_path):
+    db = f"sqlite:///{tmp_path}/optuna.db"
+    unreachable = sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "tracking=mlflow",
+                             "tracking.uri=http://127.0.0.1:9")
+    refused = sweep(unreachable, tmp_path)
     assert refused.returncode == 1 and "is unreachable" in refused.stderr.strip().splitlines()[-1]
-    assert study_of(tmp_path).user_attrs == {}  # no recipe, no search space recorded
+    assert optuna.get_all_study_names(db) == []  # the study it had created is gone
+
+    optuna.create_study(study_name="smoke", storage=db, direction="maximize")  # the user's own
+    refused = sweep(unreachable, tmp_path)
+    assert refused.returncode == 1 and "is unreachable" in refused.stderr.strip().splitlines()[-1]
+    assert study_of(tmp_path).user_attrs == {}  # kept, with no recipe or search space recorded
+
     fixed = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=2", n_trials=1), tmp_path)
     assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE]
 
 
 def test_trial_folders_of_another_study_are_refused(cifar_root, tmp_path):
@@ -283,7 +292,7 @@ def test_trial_folders_of_another_study_are_refused(cifar_root, tmp_path):
         f"error: {tmp_path}/multirun holds trial folders (0, 1) that study 'smoke' in "
         f"sqlite:///{tmp_path}/other.db did not run, so its trials would mix with them: move that "
         f"folder away, or set hydra.sweeper.study_name=<another name>")
-    assert not optuna.load_study(study_name="smoke", storage=f"sqlite:///{tmp_path}/other.db").trials
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path}/other.db") == []  # none left behind
     # the study that ran them resumes in its own folders
     more = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=3), tmp_path)
     assert more.returncode == 0, more.stderr[-3000:]

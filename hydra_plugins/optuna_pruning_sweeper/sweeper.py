@@ -83,6 +83,7 @@ class OptunaPruningSweeper(Sweeper):
         self.params, self.heartbeat_s = params, heartbeat_s
         self._running: int | None = None  # the number of the trial this process runs now
         self._fixed_lines: list[str] = []
+        self._created_study = False  # whether this process created the study it sweeps
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -205,8 +206,12 @@ class OptunaPruningSweeper(Sweeper):
                     storage = trial_storage(
                         self.storage, heartbeat_interval=self.heartbeat_s,
                         grace_period=3 * self.heartbeat_s, heartbeat_stale_trial_callback=lost)
-            study = optuna.create_study(study_name=self.study_name, storage=storage,
-                                        directions=self.directions, load_if_exists=True)
+            try:
+                study = optuna.create_study(study_name=self.study_name, storage=storage,
+                                            directions=self.directions)
+                self._created_study = True
+            except optuna.exceptions.DuplicatedStudyError:
+                study = optuna.load_study(study_name=self.study_name, storage=storage)
         except Exception as e:
             raise SweepError(f"hydra.sweeper.storage={redact(str(self.storage))} cannot be used: "
                              f"{str(e).splitlines()[0]}") from None
@@ -295,6 +300,13 @@ class OptunaPruningSweeper(Sweeper):
         if study.user_attrs.get("searched") is None:
             study.set_user_attr("searched", sorted(space))
 
+    def _drop_if_unused(self, study: optuna.Study) -> None:
+        """A refused sweep leaves no study behind: one this process created is deleted while no
+        run has recorded its recipe or asked for a trial (under study_lock, so none can meanwhile)."""
+        if self._created_study and study.user_attrs.get("recipe") is None and \
+                not study.get_trials(deepcopy=False):
+            optuna.delete_study(study_name=self.study_name, storage=self.storage)
+
     def _refuse_foreign_folders(self, study: optuna.Study, sweep_dir: Path) -> None:
         """Trial N runs in sweep_dir/N. A folder there with a number this study has not given out
         yet holds another study's trial (one of the same name in another storage, or one whose
@@ -374,10 +386,14 @@ class OptunaPruningSweeper(Sweeper):
         if worker:
             _die_with_parent()
         with study_lock(self.storage):  # workers starting together: one parent run, not two
-            self._refuse_foreign_folders(study, sweep_dir)
-            fail_stale_trials(study)
-            parent = sweep_report.parent_run(job_cfg, study, self, space,
-                                             resume_id=os.environ.get("SWEEPER_PARENT_RUN_ID"))
+            try:
+                self._refuse_foreign_folders(study, sweep_dir)
+                fail_stale_trials(study)
+                parent = sweep_report.parent_run(job_cfg, study, self, space,
+                                                 resume_id=os.environ.get("SWEEPER_PARENT_RUN_ID"))
+            except BaseException:
+                self._drop_if_unused(study)
+                raise
             self._record_recipe(study, shared, space)  # past every check: the study is this one's
         self._fixed_lines = fixed_lines
         done = len(study.trials)
