@@ -9,8 +9,9 @@ the order (A B, B A, ...), by
               RandomHorizontalFlip, ToTensor, Normalize), DataLoader(shuffle, 2 workers), fp32 NCHW,
               SGD, `loss.item()` every step; each round in a fresh process, as the seed's script
               runs (the C library's default allocator, no caches warmed by the other loops);
-  sweeper     `sweeper.engine.train` with its defaults for the device (bf16 autocast on CUDA and on
-              CPUs with AMX; other variants: --variants, e.g. sweeper-fp32).
+  sweeper     `sweeper.engine.train` with its defaults for the device (bf16 autocast on CUDA, on
+              CPUs with AMX and on AMD CPUs with avx512_bf16; other variants: --variants, e.g.
+              sweeper-fp32).
 Each measurement is the second of two epochs (the first warms up caches, allocator and compiler), in
 training images per second (the reference's from the end of its first step, so its DataLoader's
 per-epoch worker start-up is not counted against it; ours over the whole epoch). The ratio to the

@@ -52,7 +52,7 @@ class MultirunCheck(Callback):
 def check_jobs(config: Any) -> None:
     """Compose and check the jobs a basic sweep of `config` will run, as Hydra's BasicSweeper splits
     them; raise SweeperError on the first bad one. Where parsing or composing fails, Hydra says why
-    when it composes the jobs itself (it composes each once more: about 65 ms a job on 2 cores)."""
+    when it composes the jobs itself (it composes each once more: about 70 ms a job on 2 cores)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -47,7 +47,7 @@ def storage(url: str, **kwargs):
     """An Optuna storage for `url`; for a server database (PostgreSQL, MySQL) one that holds no
     idle connections: sweeps open many storages (every worker, every trial), and a server allows
     only so many clients (PostgreSQL: 100 by default)."""
-    if "://" not in url or url.startswith(("sqlite", "redis", "journal")):
+    if url.startswith(("sqlite", "redis", "journal")):
         return optuna.storages.RDBStorage(url, **kwargs) if kwargs else url
     import sqlalchemy.pool
 

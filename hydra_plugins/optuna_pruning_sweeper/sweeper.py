@@ -200,7 +200,7 @@ class OptunaPruningSweeper(Sweeper):
     def _open_study(self, space: dict) -> optuna.Study:
         self.storage = absolute_sqlite_url(self.storage)
         try:
-            storage = trial_storage(self.storage) if self.storage else None
+            storage = trial_storage(self.storage)
             if self._heartbeats():
                 with _quiet():
                     storage = trial_storage(
@@ -225,8 +225,7 @@ class OptunaPruningSweeper(Sweeper):
 
     def _heartbeats(self) -> bool:
         """Heartbeats need a database storage (SQLite, PostgreSQL, MySQL)."""
-        return bool(self.heartbeat_s and self.storage and "://" in self.storage
-                    and not self.storage.startswith(("redis", "journal")))
+        return bool(self.heartbeat_s) and not self.storage.startswith(("redis", "journal"))
 
     def _reseed_each_ask(self) -> bool:
         target = str(self.sampler_cfg.get("_target_"))
