@@ -343,9 +343,10 @@ def _check_key(override: Any, schema: Any, prefix: str = "") -> None:
     if added and not absent:
         if override.is_force_add() or OmegaConf.select(schema, key) is None:
             return  # ++key sets or adds; +key may fill a null (if a group set it, Hydra says so)
-        key, value = prefix + key, override.input_line.split("=", 1)[1]  # as typed: a sweep too
-        raise ConfigError(f"+{key}={value} adds a key, but {key} exists: set it with {key}={value} "
-                          f"(++{key}={value} sets or adds)")
+        if not _merged(override):  # Hydra merges a list or a dict into the key; a value it refuses
+            key, value = prefix + key, override.input_line.split("=", 1)[1]  # as typed: a sweep too
+            raise ConfigError(f"+{key}={value} adds a key, but {key} exists: set it with "
+                              f"{key}={value} (++{key}={value} sets or adds)")
     if absent:
         parent_key, _, name = key.rpartition(".")
         while parent_key and not OmegaConf.is_config(OmegaConf.select(schema, parent_key)):
@@ -383,6 +384,17 @@ def _check_key(override: Any, schema: Any, prefix: str = "") -> None:
 
 
 _ABSENT = object()
+
+
+def _merged(override: Any) -> bool:
+    """Whether every value of a `+key=...` override is a list or a dict, which Hydra merges into
+    a key that exists (a scalar it refuses: "Could not append to config")."""
+    try:
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else \
+            [override.value()]
+    except Exception:  # an interval or a tagged sweep: not a list's or a dict's values
+        return False
+    return all(isinstance(v, (list, dict)) for v in values)
 
 
 def register() -> None:

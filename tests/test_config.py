@@ -155,6 +155,9 @@ def test_a_typo_inside_a_preset_file_fails_at_compose_time(tmp_path):
     ("model.blocks=[2,2,2,2.5]", "model.blocks=[2,2,2,2.5] is invalid: a list of ints"),
     ("model.blocks.0=x", "model.blocks.0=x is invalid: an int"),
     ("+trainer.epoch=5", "trainer.epoch is not a config key (did you mean trainer.epochs?)"),
+    ("+trainer.epochs=5", "+trainer.epochs=5 adds a key, but trainer.epochs exists: set it with "
+                          "trainer.epochs=5 (++trainer.epochs=5 sets or adds)"),
+    ("+data.mean=[a,b,c]", "data.mean=[a,b,c] is invalid: a list of floats"),  # merged by Hydra: checked
     ("hydra/sweeper/sampler=foo", "hydra/sweeper/sampler=foo is invalid: allowed values are cmaes"),
     ("hydra.sweeper.n_trials=abc", "hydra.sweeper.n_trials=abc is invalid: an int"),
     ("trainer.tta=maybe", "trainer.tta=maybe is invalid: true or false"),
@@ -178,6 +181,7 @@ def test_check_overrides_names_an_unknown_key_or_a_wrong_type_in_one_line(overri
     "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=5", "hydra.sweeper.storage=null",
     "hydra.sweeper.sampler.seed=1", "hydra.sweeper.sampler.n_startup_trials=2",
     "hydra.sweeper.sampler.population_size=10",
+    "+data.mean=[0.5,0.5,0.5]", "+model={width:8}", "++trainer.epochs=3",  # Hydra merges or sets
 ])
 def test_check_overrides_lets_valid_overrides_and_sweeps_through(override):
     check_overrides(["sweep=smoke", override])
