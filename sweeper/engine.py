@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from sweeper import checkpoint
@@ -126,6 +127,30 @@ def refuse_completed(out_dir: Path) -> None:
         raise checkpoint.CheckpointError(
             f"{results} holds a completed run: nothing to resume, and its results and model.pt "
             f"are kept; use another hydra.run.dir, or trainer.resume=false to train it again")
+
+
+def completed_earlier(out_dir: Path, cfg) -> float | None:
+    """For a job of a plain --multirun resumed with trainer.resume=true: the objective of the run
+    that completed in `out_dir` with the same settings, which is not trained again; None where no
+    run completed there. A completed run of other settings is refused (a grid changed since)."""
+    if run_status(out_dir) != "completed":
+        return None
+    results = out_dir / "results.json"
+    try:
+        earlier = checkpoint.fingerprint(OmegaConf.load(out_dir / "config.yaml"))
+        objective = float(json.loads(results.read_text())["objective"])
+    except Exception:  # no config.yaml, or one of another version's schema: not comparable
+        earlier, objective = {}, 0.0
+    now = checkpoint.fingerprint(cfg)
+    differ = sorted(k for k in set(now) | set(earlier) if now.get(k) != earlier.get(k))
+    if differ:
+        shown = ", ".join(f"{k}={earlier[k]} there, {now.get(k)} here" for k in differ[:3]) \
+            if earlier else "its config.yaml cannot be compared"
+        raise checkpoint.CheckpointError(
+            f"{results} holds a completed run of other settings ({shown}); its results and "
+            f"model.pt are kept: use another hydra.sweep.dir, or trainer.resume=false to train "
+            f"this grid's jobs again")
+    return objective
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -398,7 +423,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             log.info("epoch %d/%d: train/loss %.4f  train/acc %.4f  val/acc %.4f  lr %.4g  "
                      "(%.1f s, %.0f img/s%s)", epoch, tr.epochs, metrics["train/loss"],
                      metrics["train/acc"], metrics["val/acc"], lr, epoch_s, metrics["images_per_s"],
-                     f"; about {duration(left)} left" if epoch < tr.epochs else "")
+                     f"; {'about ' if left >= 0.5 else ''}{duration(left)} left" if epoch < tr.epochs
+                     else "")
             if ckpt_path is not None and tr.checkpoint:
                 checkpoint.save(ckpt_path, checkpoint.snapshot(
                     cfg, runtime, parts, gen, epoch=epoch, step=step, history=result.history,

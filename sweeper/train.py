@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import checkpoint
 from sweeper.config import absolute_sqlite_url, check_overrides, register
-from sweeper.engine import preflight, run_status, train
+from sweeper.engine import completed_earlier, preflight, run_status, train
 from sweeper.errors import ConfigError, SweeperError, first_line, from_mlflow
 from sweeper.outputs import restore_earlier_snapshot
 from sweeper.stores import TrackingError, redact
@@ -51,6 +51,12 @@ def main(cfg: DictConfig) -> float:
         cfg.tracking.uri = absolute_sqlite_url(cfg.tracking.uri)
         if cfg.trial.number is not None:
             cfg.trainer.checkpoint = False  # a killed trial is not resumed: a new one replaces it
+        if multirun and cfg.trial.number is None and cfg.trainer.resume:  # a grid resumed
+            objective = completed_earlier(out_dir, cfg)
+            if objective is not None:
+                log.info("Completed earlier with these settings (%s): not trained again; "
+                         "val/acc %.1f %%", out_dir / "results.json", 100 * objective)
+                return objective
         device = preflight(cfg, out_dir)  # a refused run writes no config.yaml, no MLflow run
         if hydra_cfg.runtime.choices.get("experiment") == "fast" and device.type == "cpu":
             log.warning("experiment=fast is a preset for a GPU: on a CPU its ResNet-18 takes "
@@ -84,7 +90,7 @@ def main(cfg: DictConfig) -> float:
         if cfg.trial.number is not None:
             raise  # the Optuna sweep records the trial as failed and goes on
         if multirun:  # Hydra's own sweep of a list of values stops at its first bad job
-            message = f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {e}"
+            message = f"error: job #{hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {e}"
         else:
             message = f"error: {e}"
             if not started:

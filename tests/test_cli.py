@@ -25,7 +25,7 @@ def test_end_to_end_run_prints_device_progress_and_per_class_accuracy(cifar_root
     assert lines[0].startswith("Using device: cpu")
     assert any(line.startswith("[1,     3] loss: ") for line in lines)
     epochs = [line for line in lines if line.startswith("epoch ")]  # the time left, while any is
-    assert len(epochs) == 2 and re.search(r"img/s; about (\d+ s|under 1 s) left\)$", epochs[0]), epochs
+    assert len(epochs) == 2 and re.search(r"img/s; (about \d+ s|under 1 s) left\)$", epochs[0]), epochs
     assert epochs[1].endswith(" img/s)"), epochs
     for name in ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"):
         assert any(line.startswith("Accuracy of") and f" {name} :" in line for line in lines), name
@@ -251,12 +251,29 @@ def test_a_plain_multirun_checks_every_job_before_the_first_starts(cifar_root, t
     assert not (tmp_path / "sweep").exists()  # no job ran, no folder was made
 
 
-def test_a_plain_multirun_of_good_values_runs_every_job(cifar_root, tmp_path):
-    proc = run_cli(*TINY, f"data.root={cifar_root}", "trainer.epochs=1", "-m", "seed=0,1",
-                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+def test_a_plain_multirun_runs_every_job_and_resumes_without_training_one_twice(cifar_root,
+                                                                                tmp_path):
+    grid = [*TINY, f"data.root={cifar_root}", "-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}/sweep"]
+    proc = run_cli(*grid, "trainer.epochs=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for job in ("0", "1"):
-        assert json.loads((tmp_path / "sweep" / job / "results.json").read_text())["status"] == "completed"
+    results = [tmp_path / "sweep" / job / "results.json" for job in ("0", "1")]
+    assert all(json.loads(path.read_text())["status"] == "completed" for path in results)
+
+    first = results[0].read_text()
+    results[1].unlink()  # job #1 killed before it completed (and before its first checkpoint)
+    proc = run_cli(*grid, "trainer.epochs=1", "trainer.resume=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Completed earlier with these settings ({results[0]}): not trained again" in proc.stdout
+    assert results[0].read_text() == first  # job #0 kept, not trained again
+    assert json.loads(results[1].read_text())["status"] == "completed"
+
+    proc = run_cli(*grid, "trainer.epochs=2", "trainer.resume=true", cwd=tmp_path)  # another grid
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("error: job #0 (") and lines[-1].endswith(
+        f"{results[0]} holds a completed run of other settings (trainer.epochs=1 there, 2 here); "
+        f"its results and model.pt are kept: use another hydra.sweep.dir, or trainer.resume=false "
+        f"to train this grid's jobs again"), lines[-1]
+    assert results[0].read_text() == first
 
 
 @pytest.mark.parametrize("args, message", [
