@@ -7,6 +7,7 @@ wrong type fails when Hydra composes the config. `validate` then checks what typ
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -162,6 +163,7 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = (),
             reason = lines[1] if len(lines) > 1 else lines[0] if lines else "syntax error"
             raise ConfigError(f"cannot parse the override {text!r}: {reason} (grammar: https://"
                               f"hydra.cc/docs/advanced/override_grammar/basic/)") from None
+    _warn_repeated(parsed)
     dirs = [CONF_DIR, *map(Path, config_dirs)]
     for override in parsed:
         if override.key_or_group == "hydra.searchpath" and isinstance(override.value(), list):
@@ -177,6 +179,10 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = (),
                                           for o in parsed)
     for override in parsed:
         group = override.key_or_group
+        if group in ("sweep", "launcher", "hydra/sweeper", "hydra/launcher") and \
+                override.is_sweep_override():  # Hydra: a traceback, or an unrelated key error
+            raise ConfigError(f"{override.input_line} is invalid: a command runs one {group} "
+                              f"preset, which sets how its jobs run; run one command per preset")
         if multirun is not None and override.is_sweep_override():
             _check_sweep_value(override, multirun, sweeper_chosen)
         folders = [d / group for d in dirs if (d / group).is_dir()]
@@ -199,6 +205,19 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = (),
                 _check_key(override, schema)
             continue
         _check_option(override, group, sorted({p.stem for f in folders for p in f.glob("*.yaml")}))
+
+
+def _warn_repeated(parsed: list) -> None:
+    """A key given twice: Hydra takes the last without a word (`-m trainer.epochs=1,2
+    trainer.epochs=3` runs one job), easy to miss where a setting is appended to a saved command."""
+    last: dict[str, str] = {}
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if key in last:
+            logging.getLogger(__name__).warning(
+                "warning: %s is given twice (%s, then %s): the last one counts", key, last[key],
+                override.input_line)
+        last[key] = override.input_line
 
 
 # The samplers of the official Optuna sweeper (group hydra/sweeper/sampler) that Optuna 3+ has.

@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from sweeper.config import absolute_path
-from sweeper.errors import SweeperError
+from sweeper.errors import ConfigError, SweeperError
 
 
 def jobs_run_here(config: Any) -> bool:
@@ -66,6 +66,11 @@ def check_jobs(config: Any) -> None:
     except Exception:
         return
     swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    if not jobs:  # Hydra launches no job and exits with 0
+        empty = next((o.input_line for o in parsed if o.is_sweep_override() and
+                      not list(o.sweep_string_iterator())), "a sweep")
+        raise ConfigError(f"{empty} matches nothing (no option or value), so the sweep would run "
+                          f"no job")
     for number, job in enumerate(jobs):
         try:
             cfg = loader.load_sweep_config(config, list(job))

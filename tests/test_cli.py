@@ -238,6 +238,10 @@ def test_ctrl_c_leaves_a_run_marked_interrupted(cifar_root, tmp_path):
      "job has started"),
     (["model=glob(tiny)", "trainer.epochs=1,0"], "error: job 2 of 2 (#1: model=tiny trainer.epochs=0): "
      "trainer.epochs=0 is invalid"),  # a glob needs the config loader to be split into jobs
+    # Hydra: "Launching 0 jobs", exit status 0
+    (["model=glob(foo*)"], "error: model=glob(foo*) matches nothing (no option or value), so the "
+     "sweep would run no job"),
+    (["trainer.epochs=range(5,1)"], "error: trainer.epochs=range(5,1) matches nothing"),
 ])
 def test_a_plain_multirun_checks_every_job_before_the_first_starts(cifar_root, tmp_path, sweep,
                                                                    message):

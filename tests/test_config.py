@@ -155,6 +155,10 @@ def test_a_typo_inside_a_preset_file_fails_at_compose_time(tmp_path):
     ("model.blocks=[2,2,2,2.5]", "model.blocks=[2,2,2,2.5] is invalid: a list of ints"),
     ("model.blocks.0=x", "model.blocks.0=x is invalid: an int"),
     ("+trainer.epoch=5", "trainer.epoch is not a config key (did you mean trainer.epochs?)"),
+    ("sweep=smoke,lr", "sweep=smoke,lr is invalid: a command runs one sweep preset, which sets how "
+                       "its jobs run; run one command per preset"),
+    ("sweep=glob(*)", "sweep=glob(*) is invalid: a command runs one sweep preset"),
+    ("launcher=local,slurm", "launcher=local,slurm is invalid: a command runs one launcher preset"),
     ("+trainer.epochs=5", "+trainer.epochs=5 adds a key, but trainer.epochs exists: set it with "
                           "trainer.epochs=5 (++trainer.epochs=5 sets or adds)"),
     ("+data.mean=[a,b,c]", "data.mean=[a,b,c] is invalid: a list of floats"),  # merged by Hydra: checked
@@ -206,3 +210,12 @@ def test_a_sampler_key_is_checked_against_the_sampler_chosen_on_the_command_line
     assert str(info.value).startswith("hydra.sweeper.sampler.n_startup_trials is not a config "
                                       "key: the random sampler has ")
     assert "seed" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_key_given_twice_is_pointed_out(caplog):
+    """Hydra takes the last value without a word: `-m trainer.epochs=1,2 trainer.epochs=3` runs
+    one job, not two."""
+    check_overrides(["trainer.epochs=1,2", "model.width=8", "trainer.epochs=3"], multirun=True)
+    assert [r.getMessage() for r in caplog.records] == [
+        "warning: trainer.epochs is given twice (trainer.epochs=1,2, then trainer.epochs=3): the "
+        "last one counts"]
