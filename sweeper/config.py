@@ -208,16 +208,19 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = (),
 
 
 def _warn_repeated(parsed: list) -> None:
-    """A key given twice: Hydra takes the last without a word (`-m trainer.epochs=1,2
-    trainer.epochs=3` runs one job), easy to miss where a setting is appended to a saved command."""
-    last: dict[str, str] = {}
+    """A swept key given again: Hydra takes the last without a word (`-m trainer.epochs=1,2
+    trainer.epochs=3` runs one job), easy to miss where a setting is appended to a saved command.
+    (A plain value given twice is an override like any other: the last counts, as users expect.)"""
+    from sweeper.stores import redact
+
+    last: dict[str, Any] = {}
     for override in parsed:
         key = override.get_key_element().lstrip("+~")
-        if key in last:
+        if key in last and (override.is_sweep_override() or last[key].is_sweep_override()):
             logging.getLogger(__name__).warning(
-                "warning: %s is given twice (%s, then %s): the last one counts", key, last[key],
-                override.input_line)
-        last[key] = override.input_line
+                "warning: %s is given twice (%s, then %s): the last one counts", key,
+                redact(last[key].input_line), redact(override.input_line))
+        last[key] = override
 
 
 # The samplers of the official Optuna sweeper (group hydra/sweeper/sampler) that Optuna 3+ has.

@@ -269,6 +269,7 @@ def test_a_refused_sweep_leaves_no_study_and_keeps_one_it_found(cifar_root, tmp_
     refused = sweep(unreachable, tmp_path)
     assert refused.returncode == 1 and "is unreachable" in refused.stderr.strip().splitlines()[-1]
     assert optuna.get_all_study_names(db) == []  # the study it had created is gone
+    assert not (tmp_path / "multirun").exists() and "A new study created" not in refused.stderr
 
     optuna.create_study(study_name="smoke", storage=db, direction="maximize")  # the user's own
     refused = sweep(unreachable, tmp_path)
@@ -278,6 +279,7 @@ def test_a_refused_sweep_leaves_no_study_and_keeps_one_it_found(cifar_root, tmp_
     fixed = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=2", n_trials=1), tmp_path)
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE]
+    assert "] Study smoke in sqlite:///" in fixed.stderr + fixed.stdout  # the user's, not new
 
 
 def test_trial_folders_of_another_study_are_refused(cifar_root, tmp_path):

@@ -63,6 +63,17 @@ def _quiet():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
         yield
+@contextlib.contextmanager
+def _optuna_quiet():
+    """Optuna's own INFO lines off for a while."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -207,8 +218,9 @@ class OptunaPruningSweeper(Sweeper):
                         self.storage, heartbeat_interval=self.heartbeat_s,
                         grace_period=3 * self.heartbeat_s, heartbeat_stale_trial_callback=lost)
             try:
-                study = optuna.create_study(study_name=self.study_name, storage=storage,
-                                            directions=self.directions)
+                with _optuna_quiet():  # "A new study created": said below, once past every check
+                    study = optuna.create_study(study_name=self.study_name, storage=storage,
+                                                directions=self.directions)
                 self._created_study = True
             except optuna.exceptions.DuplicatedStudyError:
                 study = optuna.load_study(study_name=self.study_name, storage=storage)
@@ -310,7 +322,7 @@ class OptunaPruningSweeper(Sweeper):
         """Trial N runs in sweep_dir/N. A folder there with a number this study has not given out
         yet holds another study's trial (one of the same name in another storage, or one whose
         database was deleted): its results.json and config would be read as this study's."""
-        taken = sorted(int(p.name) for p in sweep_dir.iterdir()
+        taken = sorted(int(p.name) for p in sweep_dir.glob("*")
                        if p.name.isdigit() and p.is_dir() and any(p.iterdir()))
         issued = len(study.get_trials(deepcopy=False))  # read after the folders: no race
         foreign = [n for n in taken if n >= issued]
@@ -379,24 +391,29 @@ class OptunaPruningSweeper(Sweeper):
         study = self._open_study(space)
         self._check_recipe(study, shared, space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         worker = os.environ.get("SWEEPER_WORKER") is not None
         _stops.install()
         if worker:
             _die_with_parent()
         with study_lock(self.storage):  # workers starting together: one parent run, not two
+            new_dir = not sweep_dir.exists()
             try:
                 self._refuse_foreign_folders(study, sweep_dir)
+                sweep_dir.mkdir(parents=True, exist_ok=True)
                 fail_stale_trials(study)
                 parent = sweep_report.parent_run(job_cfg, study, self, space,
                                                  resume_id=os.environ.get("SWEEPER_PARENT_RUN_ID"))
-            except BaseException:
+            except BaseException:  # refused: no study, and no folder, left behind
                 self._drop_if_unused(study)
+                if new_dir:
+                    with contextlib.suppress(OSError):
+                        sweep_dir.rmdir()  # only if still empty
                 raise
             self._record_recipe(study, shared, space)  # past every check: the study is this one's
         self._fixed_lines = fixed_lines
         done = len(study.trials)
-        log.info("Study %s in %s: %s; sampler %s, pruner %s", self.study_name,
+        log.info("%s %s in %s: %s; sampler %s, pruner %s",
+                 "New study" if self._created_study else "Study", self.study_name,
                  redact(str(self.storage)), f"{done} of {self.n_trials} trials done"
                  if done < self.n_trials else f"{done} trials done, n_trials={self.n_trials}: "
                  f"none left to run", type(study.sampler).__name__, self.pruner_cfg.name)
