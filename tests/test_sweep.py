@@ -835,9 +835,11 @@ def test_a_configuration_is_never_trained_twice(cifar_root, tmp_path):
 def test_two_objectives_give_a_pareto_front(cifar_root, tmp_path):
     proc = sweep(sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=nsgaii",
                             "hydra.sweeper.direction=[maximize,minimize]",
-                            "hydra.sweeper.objectives=[val/acc,n_params]", "hydra.sweeper.pruner.name=none",
+                            "hydra.sweeper.objectives=[val/acc,n_params]", "hydra.sweeper.pruner.name=median",
                             "trainer.epochs=1", n_trials=3), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("hydra.sweeper.pruner.name=median has no effect: Optuna prunes studies of one objective "
+            "only, and this one has 2") in proc.stdout + proc.stderr
     trials = study_of(tmp_path).trials
     assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in trials)
     assert all(t.values[1] == json.loads((tmp_path / "multirun" / str(t.number) / "results.json")

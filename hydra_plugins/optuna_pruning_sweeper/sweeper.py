@@ -417,6 +417,10 @@ class OptunaPruningSweeper(Sweeper):
                  redact(str(self.storage)), f"{done} of {self.n_trials} trials done"
                  if done < self.n_trials else f"{done} trials done, n_trials={self.n_trials}: "
                  f"none left to run", type(study.sampler).__name__, self.pruner_cfg.name)
+        if len(self.directions) > 1 and self.pruner_cfg.name != "none":
+            log.warning("hydra.sweeper.pruner.name=%s has no effect: Optuna prunes studies of one "
+                        "objective only, and this one has %d", self.pruner_cfg.name,
+                        len(self.directions))
         threads = _threads_per_worker(1 if worker or not jobs_run_here(self.config) else self.n_jobs)
         if threads is not None:
             import torch
