@@ -302,6 +302,7 @@ def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str], run_id: 
                 if "error" in known.data.tags:  # what stopped it before: over
                     client.delete_tag(run_id, "error")
                 log.info("MLflow parent run %s (resumed)", run_id)
+                _tag_changed_settings(client, run_id, known.data.params, settings)
             else:
                 run = client.create_run(experiment_id, run_name=f"sweep-{study_name}", tags={
                     "sweep.study": study_name, "mlflow.source.git.commit": git_commit(),
@@ -311,6 +312,22 @@ def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str], run_id: 
                     client.log_param(run_id, key, redact(value)[:PARAM_MAX_CHARS])
                 log.info("MLflow parent run %s", run_id)
     return SweepRun(client, run_id)
+
+
+def _tag_changed_settings(client, run_id: str, params: dict, settings: dict[str, str]) -> None:
+    """A resumed sweep's settings that differ from its parent's params (more n_trials, another
+    range or pruner): MLflow keeps a param's first value, so the new one is tag latest.<name>."""
+    changed = {}
+    for key, value in settings.items():
+        value = redact(value)[:PARAM_MAX_CHARS]
+        if key not in params:
+            client.log_param(run_id, key, value)
+        elif params[key] != value:
+            changed[key] = value
+            client.set_tag(run_id, f"latest.{key}", value)
+    if changed:
+        log.info("Settings changed since the parent run began (%s): its params keep the first "
+                 "values, tags latest.<name> the new ones", ", ".join(changed))
 
 
 def _active_run(client, run_id: str, experiment_id: str):

@@ -693,6 +693,19 @@ def test_a_sweep_is_one_mlflow_parent_with_a_child_per_trial(cifar_root, mlflow_
     assert {"optimization_results.yaml", "optimization_history.png", "parallel_coordinate.png",
             "param_importances.png"} <= files
 
+    # resumed with one more trial and a narrower range: said, and recorded on the same parent
+    more = sweep(sweep_args(cifar_root, tmp_path, "tracking=mlflow", f"tracking.uri={mlflow_uri}",
+                            "hydra.sweeper.pruner.name=none", "optimizer.lr=tag(log,interval(0.05,0.5))",
+                            n_trials=4), tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert ("study 'smoke' searched optimizer.lr in [0.01, 1] log; this run searches optimizer.lr "
+            "in [0.05, 0.5] log: new trials come from the new ranges") in more.stdout + more.stderr
+    assert 0.05 <= study_of(tmp_path).trials[3].params["optimizer.lr"] <= 0.5
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.params["n_trials"] == "3" and parent.data.tags["latest.n_trials"] == "4"
+    assert "0.05" in parent.data.tags["latest.space.optimizer.lr"]
+    assert len(runs_of(mlflow_uri)[1]) == 5  # one parent, four trials
+
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 

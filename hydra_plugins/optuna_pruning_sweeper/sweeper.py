@@ -303,6 +303,12 @@ class OptunaPruningSweeper(Sweeper):
                              f"this command searches {', '.join(sorted(space))}: run it with the "
                              f"study's search space, or start a new study with "
                              f"hydra.sweeper.study_name=<another name>")
+        ranges, ranges_before = _ranges(space), study.user_attrs.get("ranges") or {}
+        if changed := [k for k in sorted(ranges) if ranges_before.get(k, ranges[k]) != ranges[k]]:
+            log.warning("study '%s' searched %s; this run searches %s: new trials come from the new "
+                        "ranges, and the earlier trials stay in the study", self.study_name,
+                        ", ".join(f"{k} in {ranges_before[k]}" for k in changed),
+                        ", ".join(f"{k} in {ranges[k]}" for k in changed))
 
     @staticmethod
     def _record_recipe(study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
@@ -310,6 +316,8 @@ class OptunaPruningSweeper(Sweeper):
             study.set_user_attr("recipe", _recipe(job_cfg, space))
         if study.user_attrs.get("searched") is None:
             study.set_user_attr("searched", sorted(space))
+        if study.user_attrs.get("ranges") != _ranges(space):  # the latest run's, for the next
+            study.set_user_attr("ranges", _ranges(space))
 
     def _drop_if_unused(self, study: optuna.Study) -> None:
         """A refused sweep leaves no study behind: one this process created is deleted while no
@@ -755,6 +763,20 @@ def _recipe(job_cfg: DictConfig, space: dict) -> dict[str, str]:
 
     kept = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k not in _NOT_RECIPE])
     walk(OmegaConf.to_container(kept, resolve=True), "")  # tracking may name hydra: not resolved
+    return out
+
+
+def _ranges(space: dict) -> dict[str, str]:
+    """Each searched key's values as a person reads them: [0.01, 1] log, {16, 32, 64}, 1..6."""
+    out = {}
+    for key, dist in space.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            out[key] = "{" + ", ".join(map(str, dist.choices)) + "}"
+        elif isinstance(dist, optuna.distributions.IntDistribution) and not dist.log:
+            out[key] = f"{dist.low}..{dist.high}" + (f" step {dist.step}" if dist.step != 1 else "")
+        else:
+            out[key] = f"[{dist.low:g}, {dist.high:g}]" + (" log" if dist.log else "") + (
+                f" step {dist.step:g}" if dist.step else "")
     return out
 
 
