@@ -22,10 +22,11 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import checkpoint
-from sweeper.config import absolute_sqlite_url, check_overrides, register
+from sweeper.config import absolute_sqlite_url, register
 from sweeper.engine import completed_earlier, preflight, run_status, train
 from sweeper.errors import ConfigError, SweeperError, first_line, from_mlflow
 from sweeper.outputs import restore_earlier_snapshot
+from sweeper.overrides import check_overrides
 from sweeper.stores import TrackingError, redact
 from sweeper.tracking import open_tracker
 

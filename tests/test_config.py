@@ -4,8 +4,9 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from sweeper.config import check_overrides, validate
+from sweeper.config import validate
 from sweeper.errors import ConfigError
+from sweeper.overrides import check_overrides
 from tests.conftest import CONF, compose_cfg
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
