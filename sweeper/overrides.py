@@ -87,13 +87,13 @@ def check_overrides(overrides: list[str], config_dirs: list[Path] = (),
 def _warn_repeated(parsed: list) -> None:
     """A swept key given again: Hydra takes the last without a word (`-m trainer.epochs=1,2
     trainer.epochs=3` runs one job), easy to miss where a setting is appended to a saved command.
-    (A plain value given twice is an override like any other: the last counts, as users expect.)"""
+    (A plain value given again, by a sweep too, is an override like any other: the last counts.)"""
     from sweeper.stores import redact
 
     last: dict[str, Any] = {}
     for override in parsed:
         key = override.get_key_element().lstrip("+~")
-        if key in last and (override.is_sweep_override() or last[key].is_sweep_override()):
+        if key in last and last[key].is_sweep_override():  # a sweep replaced: a grid collapses
             logging.getLogger(__name__).warning(
                 "warning: %s is given twice (%s, then %s): the last one counts", key,
                 redact(last[key].input_line), redact(override.input_line))
