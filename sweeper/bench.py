@@ -13,8 +13,9 @@ the order (A B, B A, ...), by
               CPUs with AMX and on AMD CPUs with avx512_bf16; other variants: --variants, e.g.
               sweeper-fp32).
 Each measurement is the second of two epochs (the first warms up caches, allocator and compiler), in
-training images per second (the reference's from the end of its first step, so its DataLoader's
-per-epoch worker start-up is not counted against it; ours over the whole epoch). The ratio to the
+training images per second (the reference's from the end of its first step to the end of its last,
+so its DataLoader's per-epoch worker start-up and shutdown are not counted against it; ours over
+the whole epoch). The ratio to the
 reference is taken within each round, then summarised as median, min and max. Also measured: the
 time to load CIFAR-10, and each trial's start-up cost (call of train() to the end of its first
 step) in-process with cached data and in a fresh process.

@@ -51,9 +51,11 @@ def reference_rates(x: torch.Tensor, y: torch.Tensor, blocks: list[int], width: 
     optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
     rates = []
     for _ in range(epochs):
-        # Timed from the end of the epoch's first step, so the DataLoader's worker start-up (paid
-        # once per epoch, a larger share of these short epochs than of a real one) is not counted.
-        start, timed = None, 0
+        # Timed from the end of the epoch's first step to the end of its last, so the DataLoader's
+        # worker start-up and shutdown (paid once per epoch: seconds, a larger share of these
+        # short epochs than of a real one) are not counted. `loss.item()` waits for the device.
+        start = end = None
+        timed = 0
         running_loss = 0.0
         for inputs, labels in loader:
             inputs, labels = inputs.to(device), labels.to(device)
@@ -62,13 +64,12 @@ def reference_rates(x: torch.Tensor, y: torch.Tensor, blocks: list[int], width: 
             loss.backward()
             optimizer.step()
             running_loss += loss.item()
+            end = time.perf_counter()
             if start is None:
-                start = time.perf_counter()
+                start = end
             else:
                 timed += len(labels)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rates.append(timed / (time.perf_counter() - start))
+        rates.append(timed / (end - start))
     return rates
 
 
