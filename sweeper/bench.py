@@ -258,6 +258,15 @@ def _git_commit() -> str | None:
 MIN_TIMED_STEPS = 8  # steps per epoch below which the bench says its rates are rough
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, where the help does not already say it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or action.default == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in one line (no usage block), exit status 2."""
 
@@ -266,18 +275,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="python -m sweeper.bench", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m sweeper.bench", description=__doc__.split("\n")[0],
+                formatter_class=_Help)
     p.add_argument("--widths", type=int, nargs="+", default=[64, 16], help="model.width values")
     p.add_argument("--blocks", type=int, nargs=4, default=[2, 2, 2, 2], help="blocks per stage")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--images", type=int, default=0,
-                   help="training images per epoch (default: 65536 / width)")
+                   help="training images per epoch (0: 65536 / width)")
     p.add_argument("--reps", type=int, default=3, help="interleaved rounds")
     p.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS),
                    help="our trainer's variants (default: sweeper; on a CPU also sweeper-compile, "
                         "and sweeper-fp32 where the default precision is bf16)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--data-root", default=os.environ.get("CIFAR10_ROOT", "../shared/datasets/cifar10"))
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="training device")
+    p.add_argument("--data-root", default=os.environ.get("CIFAR10_ROOT", "../shared/datasets/cifar10"),
+                   help="folder holding cifar-10-batches-py/")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file to write (default: benchmarks/<device>-<time>.json)")
     p.add_argument("--no-fresh-process", dest="fresh_process", action="store_false",
@@ -299,7 +311,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.widths) < 1 or args.batch_size < 1 or args.reps < 1 or min(args.blocks) < 1:
         p.error("--widths, --blocks, --batch-size and --reps must be positive")
     if args.images < 0:
-        p.error("--images must be positive (0: 65536 / width)")
+        p.error(f"--images={args.images} is invalid: 0 (65536 / width) or more")
     return args
 
 

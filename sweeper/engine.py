@@ -286,6 +286,10 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                     tr.compile_mode)
     if cfg.optimizer.name == "adamw" and cfg.optimizer.nesterov:
         log.warning("optimizer.nesterov=true has no effect with optimizer=adamw (SGD only)")
+    for key in ("warmup", "final"):
+        if cfg.schedule.name in ("constant", "step") and cfg.schedule[key]:
+            log.warning("schedule.%s=%g has no effect with schedule=%s (cosine and onecycle only)",
+                        key, cfg.schedule[key], cfg.schedule.name)
     model, forward = build_compiled(cfg.model, device, channels_last, use_compile, tr.compile_mode)
     # CUDA graphs replay a step's kernels in one launch; each step begins a new replay, whose
     # outputs (the logits) overwrite the last step's

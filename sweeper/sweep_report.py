@@ -222,9 +222,13 @@ def plots(study: optuna.Study, sweep_dir: Path) -> list[Path]:
 
     out = []
     target = None if len(study.directions) == 1 else (lambda t: t.values[0])
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     for name, draw in (("optimization_history", vis.plot_optimization_history),
                        ("param_importances", vis.plot_param_importances),
                        ("parallel_coordinate", vis.plot_parallel_coordinate)):
+        if name == "param_importances" and complete < 2:  # one trial: every key "equally important"
+            log.info("No %s plot: it compares complete trials, and the study has %d", name, complete)
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -103,7 +103,10 @@ def main(cfg: DictConfig) -> float:
         if cfg.trial.number is not None:
             raise  # the sweep marks the trial FAIL and says how to resume
         if (out_dir / "results.json").is_file():
-            print("interrupted: results.json says status: interrupted", file=sys.stderr)
+            ckpt = out_dir / checkpoint.FILE
+            resume = (f"; run the same command with trainer.resume=true to continue from {ckpt}"
+                      if ckpt.is_file() else "")
+            print(f"interrupted: results.json says status: interrupted{resume}", file=sys.stderr)
         else:
             print("interrupted before training started: no results.json", file=sys.stderr)
         sys.exit(130)

@@ -76,7 +76,7 @@ def test_bench_bad_data_root_is_one_line(tmp_path):
 def test_bench_refuses_a_negative_image_count():
     proc = subprocess.run([sys.executable, "-m", "sweeper.bench", "--images", "-5"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--images must be positive" in proc.stderr
+    assert proc.returncode == 2 and "--images=-5 is invalid: 0 (65536 / width) or more" in proc.stderr
 
 
 def test_bench_survives_a_failing_profiler(cifar_root, monkeypatch):

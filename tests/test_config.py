@@ -47,6 +47,7 @@ def test_seed_preset_is_the_seed_script():
     assert cfg.trainer.epochs == 5 and cfg.schedule.name == "constant"
     assert list(cfg.data.mean) == [0.5] * 3 and list(cfg.data.std) == [0.5] * 3
     assert not cfg.augment.flip and cfg.augment.crop == 0
+    assert cfg.trainer.precision == "fp32"  # auto would be bf16 on a recent GPU or CPU
 
 
 def test_seed_aug_preset():

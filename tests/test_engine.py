@@ -264,6 +264,10 @@ def test_bf16_on_a_cpu_without_amx_warns_and_trains(tiny_cfg, amx, caplog):
      "trainer.compile_mode=reduce-overhead has no effect with trainer.compile=false"),
     ({"optimizer.name": "adamw", "optimizer.nesterov": True},
      "optimizer.nesterov=true has no effect with optimizer=adamw"),
+    ({"schedule.name": "constant", "schedule.warmup": 0.5},
+     "schedule.warmup=0.5 has no effect with schedule=constant (cosine and onecycle only)"),
+    ({"schedule.name": "step", "schedule.final": 0.1},
+     "schedule.final=0.1 has no effect with schedule=step"),
 ])
 def test_a_setting_another_one_turns_off_is_named(tiny_cfg, caplog, overrides, warning):
     from omegaconf import OmegaConf

@@ -946,3 +946,19 @@ def test_local_workers_share_the_cores_out(monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: all the CPUs
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert _threads_per_worker(2) == 3
+
+
+def test_parameter_importances_are_drawn_only_from_two_complete_trials(tmp_path):
+    """With one complete trial Optuna draws every key as equally important: a plot that misleads."""
+    from sweeper.sweep_report import plots
+
+    study = optuna.create_study(direction="maximize")
+    space = {"lr": optuna.distributions.FloatDistribution(0.01, 1.0, log=True),
+             "blocks": optuna.distributions.IntDistribution(1, 6)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.1, "blocks": 2}, distributions=space,
+                                              value=0.5))
+    assert {p.name for p in plots(study, tmp_path)} == {"optimization_history.png",
+                                                          "parallel_coordinate.png"}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.3, "blocks": 4}, distributions=space,
+                                              value=0.6))
+    assert "param_importances.png" in {p.name for p in plots(study, tmp_path)}
