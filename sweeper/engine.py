@@ -111,12 +111,18 @@ def preflight(cfg, out_dir: Path | None = None, local: bool = True) -> torch.dev
     return device
 
 
+def recorded_results(out_dir: Path) -> dict:
+    """What results.json in `out_dir` records; {} where there is no such file or it is not readable."""
+    try:
+        results = json.loads((out_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return results if isinstance(results, dict) else {}
+
+
 def run_status(out_dir: Path) -> str | None:
     """The status results.json in `out_dir` records, or None (no such file, or not readable)."""
-    try:
-        return json.loads((out_dir / "results.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return recorded_results(out_dir).get("status")
 
 
 def refuse_completed(out_dir: Path) -> None:
@@ -133,12 +139,13 @@ def completed_earlier(out_dir: Path, cfg) -> float | None:
     """For a job of a plain --multirun resumed with trainer.resume=true: the objective of the run
     that completed in `out_dir` with the same settings, which is not trained again; None where no
     run completed there. A completed run of other settings is refused (a grid changed since)."""
-    if run_status(out_dir) != "completed":
+    recorded = recorded_results(out_dir)
+    if recorded.get("status") != "completed":
         return None
     results = out_dir / "results.json"
     try:
         earlier = checkpoint.fingerprint(OmegaConf.load(out_dir / "config.yaml"))
-        objective = float(json.loads(results.read_text())["objective"])
+        objective = float(recorded["objective"])
     except Exception:  # no config.yaml, or one of another version's schema: not comparable
         earlier, objective = {}, 0.0
     now = checkpoint.fingerprint(cfg)

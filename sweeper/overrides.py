@@ -227,7 +227,6 @@ def _check_key(override: Any, schema: Any, prefix: str = "") -> None:
     (Hydra says both over five lines and exits with 1; this is one line and exit status 2)."""
     import difflib
 
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -262,10 +261,8 @@ def _check_key(override: Any, schema: Any, prefix: str = "") -> None:
         hint = f" (did you mean {'.'.join(filter(None, [parent_key, guess[0]]))}?)" if guess else ""
         where = parent_key or "the config"
         raise ConfigError(f"{key} is not a config key{hint}: {where} has {', '.join(keys)}")
-    try:
-        sweep = override.is_sweep_override()
-        values = list(override.sweep_iterator()) if sweep else [override.value()]
-    except (HydraException, TypeError, ValueError):
+    sweep = override.is_sweep_override()
+    if (values := _values(override)) is None:
         return  # an interval, a tagged or a glob sweep: the sweeper checks its bounds
     for value in values:
         if isinstance(value, str) and "${" in value:
@@ -285,12 +282,20 @@ def _check_key(override: Any, schema: Any, prefix: str = "") -> None:
 _ABSENT = object()
 
 
+def _values(override: Any) -> list | None:
+    """An override's value, or each value of a sweep of a list; None for an interval, a tagged or
+    a glob sweep, whose values are not known before the sweep runs."""
+    from hydra.errors import HydraException
+
+    try:
+        return list(override.sweep_iterator()) if override.is_sweep_override() else \
+            [override.value()]
+    except (HydraException, TypeError, ValueError):
+        return None
+
+
 def _merged(override: Any) -> bool:
     """Whether every value of a `+key=...` override is a list or a dict, which Hydra merges into
     a key that exists (a scalar it refuses: "Could not append to config")."""
-    try:
-        values = list(override.sweep_iterator()) if override.is_sweep_override() else \
-            [override.value()]
-    except Exception:  # an interval or a tagged sweep: not a list's or a dict's values
-        return False
-    return all(isinstance(v, (list, dict)) for v in values)
+    values = _values(override)
+    return values is not None and all(isinstance(v, (list, dict)) for v in values)

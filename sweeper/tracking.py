@@ -302,21 +302,21 @@ def open_sweep_run(cfg: Any, study_name: str, settings: dict[str, str], run_id: 
                 if "error" in known.data.tags:  # what stopped it before: over
                     client.delete_tag(run_id, "error")
                 log.info("MLflow parent run %s (resumed)", run_id)
-                _tag_changed_settings(client, run_id, known.data.params, settings)
+                _record_settings(client, run_id, known.data.params, settings)
             else:
                 run = client.create_run(experiment_id, run_name=f"sweep-{study_name}", tags={
                     "sweep.study": study_name, "mlflow.source.git.commit": git_commit(),
                     "status": "running"})
                 run_id = run.info.run_id
-                for key, value in settings.items():
-                    client.log_param(run_id, key, redact(value)[:PARAM_MAX_CHARS])
+                _record_settings(client, run_id, {}, settings)
                 log.info("MLflow parent run %s", run_id)
     return SweepRun(client, run_id)
 
 
-def _tag_changed_settings(client, run_id: str, params: dict, settings: dict[str, str]) -> None:
-    """A resumed sweep's settings that differ from its parent's params (more n_trials, another
-    range or pruner): MLflow keeps a param's first value, so the new one is tag latest.<name>."""
+def _record_settings(client, run_id: str, params: dict, settings: dict[str, str]) -> None:
+    """The sweep's settings as params of its parent run, which holds `params` so far. A resumed
+    sweep's settings that differ from them (more n_trials, another range or pruner): MLflow keeps a
+    param's first value, so the new one is tag latest.<name>."""
     changed = {}
     for key, value in settings.items():
         value = redact(value)[:PARAM_MAX_CHARS]

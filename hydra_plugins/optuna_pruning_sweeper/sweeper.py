@@ -316,8 +316,8 @@ class OptunaPruningSweeper(Sweeper):
             study.set_user_attr("recipe", _recipe(job_cfg, space))
         if study.user_attrs.get("searched") is None:
             study.set_user_attr("searched", sorted(space))
-        if study.user_attrs.get("ranges") != _ranges(space):  # the latest run's, for the next
-            study.set_user_attr("ranges", _ranges(space))
+        if study.user_attrs.get("ranges") != (ranges := _ranges(space)):  # the latest, for the next
+            study.set_user_attr("ranges", ranges)
 
     def _drop_if_unused(self, study: optuna.Study) -> None:
         """A refused sweep leaves no study behind: one this process created is deleted while no
