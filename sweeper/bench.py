@@ -324,8 +324,11 @@ def _unwritable(out: Path) -> str | None:
         folder = folder.parent
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
-    if not os.access(folder, os.W_OK):
-        return f"{folder} is not writable"
+    try:  # a file made and removed there: os.access passes anything for root, /proc included
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        return f"{folder} is not writable ({e.strerror or e})"
     return None
 
 

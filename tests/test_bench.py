@@ -118,6 +118,7 @@ def _bench(*args, cwd=ROOT):
     (["--out", "{tmp}/a_file/bench.json"], "--out {tmp}/a_file/bench.json: {tmp}/a_file is a file, "
                                            "not a folder"),
     (["--out", "{tmp}"], "--out {tmp}: is a folder; give a file name"),
+    (["--out", "/proc/bench.json"], "--out /proc/bench.json: /proc is not writable"),  # even as root
     (["--blocks", "1", "1", "1"], "argument --blocks: expected 4 arguments"),
     (["--batch-size", "100000"], "--batch-size 100000 is too large: two batches need 200000 "
                                  "training images"),
