@@ -104,7 +104,8 @@ def fresh_process_startup(overrides: list[str]) -> dict:
 
 def _cpu_text(cpu: dict) -> str:
     native = " with AMX" if cpu["amx"] else " with avx512_bf16" if cpu.get("avx512_bf16") else ""
-    return f"{cpu['model']}, {cpu['capability']}{native}"
+    cap = f", oneDNN capped at {cpu['onednn_max_cpu_isa']}" if cpu.get("onednn_max_cpu_isa") else ""
+    return f"{cpu['model']}, {cpu['capability']}{native}{cap}"
 
 
 def summarise(values: list[float]) -> dict:

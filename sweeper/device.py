@@ -87,7 +87,20 @@ def cpu_info() -> dict:
     return {"model": fields.get("model name") or platform.processor() or "unknown",
             "vendor": fields.get("vendor_id", "unknown"),
             "capability": torch.backends.cpu.get_cpu_capability(),
-            "amx": bool(amx and amx()), "avx512_bf16": "avx512_bf16" in fields.get("flags", "").split()}
+            "amx": bool(amx and amx()), "avx512_bf16": "avx512_bf16" in fields.get("flags", "").split(),
+            "onednn_max_cpu_isa": onednn_cap()}
+
+
+# oneDNN's kernels can be capped at an instruction set (ONEDNN_MAX_CPU_ISA, or its older name
+# DNNL_MAX_CPU_ISA); bf16 is fast only with the kernels that use the CPU's bf16 or AMX instructions
+_BELOW_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+_BELOW_AMX = _BELOW_BF16 | {"AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16"}
+
+
+def onednn_cap() -> str | None:
+    """The instruction set oneDNN's kernels are capped at by the environment, or None."""
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return value.strip().upper() if value and value.strip() else None
 
 
 def fast_bf16(device: torch.device) -> bool:
@@ -96,7 +109,8 @@ def fast_bf16(device: torch.device) -> bool:
     use: 2.4x per width-64 step); and on AMD CPUs with native bf16 dot products (avx512_bf16, Zen 4
     and later: 1.9x per width-64 step, oneDNN's bf16 convolutions twice as fast as its fp32 ones).
     Elsewhere it is slower: several times on AVX2 CPUs, 1.4-1.5x on the Intel CPU with avx512_bf16
-    but no AMX that was measured (benchmarks/README.md)."""
+    but no AMX that was measured (benchmarks/README.md), and where ONEDNN_MAX_CPU_ISA keeps oneDNN
+    from those instructions (16-24x slower at AVX2)."""
     if device.type == "cuda":  # natively from Ampere on; emulated, and slow, before
         try:
             return torch.cuda.is_bf16_supported(including_emulation=False)
@@ -107,10 +121,11 @@ def fast_bf16(device: torch.device) -> bool:
     # private functions (absent: unknown, so no AMX): the CPU has AMX, and the kernel lets us use it
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     usable = getattr(torch.cpu, "_init_amx", lambda: True)
-    if amx is not None and bool(amx()) and bool(usable()):
+    cap = onednn_cap()
+    if amx is not None and bool(amx()) and bool(usable()) and cap not in _BELOW_AMX:
         return True
     cpu = cpu_info()
-    return cpu["vendor"] == "AuthenticAMD" and cpu["avx512_bf16"]
+    return cpu["vendor"] == "AuthenticAMD" and cpu["avx512_bf16"] and cap not in _BELOW_BF16
 
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -76,6 +76,8 @@ def fake_amx(monkeypatch, present: bool | None, vendor: str = "GenuineIntel",
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: present)
         monkeypatch.setattr(torch.cpu, "_init_amx", lambda: present, raising=False)
     monkeypatch.setattr("sweeper.device._cpuinfo", lambda: {"vendor_id": vendor, "flags": flags})
+    for cap in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # no cap on oneDNN's kernels
+        monkeypatch.delenv(cap, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -250,6 +250,27 @@ def test_auto_precision_without_amx_is_bf16_on_amd_cpus_with_avx512_bf16(vendor,
     assert autocast_dtype("auto", torch.device("cpu")) is (torch.bfloat16 if bf16 else None)
 
 
+@pytest.mark.parametrize("amx, vendor, variable, cap, bf16", [
+    (False, "AuthenticAMD", "ONEDNN_MAX_CPU_ISA", "AVX2", False),  # 16-24x slower in bf16 there
+    (False, "AuthenticAMD", "DNNL_MAX_CPU_ISA", "avx512_core", False),
+    (False, "AuthenticAMD", "ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", True),
+    (True, "GenuineIntel", "ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", False),  # AMX held back
+    (True, "GenuineIntel", "ONEDNN_MAX_CPU_ISA", "avx512_core_amx", True),
+    (True, "GenuineIntel", "ONEDNN_MAX_CPU_ISA", "ALL", True),
+])
+def test_auto_precision_follows_a_cap_on_onednns_instructions(amx, vendor, variable, cap, bf16,
+                                                               monkeypatch):
+    import torch
+
+    from sweeper.device import autocast_dtype, cpu_info
+    from tests.conftest import fake_amx
+
+    fake_amx(monkeypatch, amx, vendor, "avx512f avx512_bf16")
+    monkeypatch.setenv(variable, cap)
+    assert autocast_dtype("auto", torch.device("cpu")) is (torch.bfloat16 if bf16 else None)
+    assert cpu_info()["onednn_max_cpu_isa"] == cap.upper()  # recorded in the bench's JSON
+
+
 def test_bf16_on_a_cpu_without_amx_warns_and_trains(tiny_cfg, amx, caplog):
     tiny_cfg.trainer.precision = "bf16"
     tiny_cfg.trainer.epochs = 1
