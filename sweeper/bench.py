@@ -54,6 +54,7 @@ from sweeper.data import FOLDER, load_cifar10, missing_file, split
 from sweeper.device import autocast_dtype, cpu_info, describe, resolve_device
 from sweeper.engine import train
 from sweeper.errors import ConfigError, DataError, SweeperError
+from sweeper.outputs import nearest_existing, probe_write
 from sweeper.reference import LR, reference_in_child
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,14 +321,11 @@ def _unwritable(out: Path) -> str | None:
     """Why the JSON file `out` could not be written (checked before hours of measuring), or None."""
     if out.is_dir():
         return "is a folder; give a file name, e.g. --out " + str(out / "bench.json")
-    folder = out.parent
-    while not folder.exists():  # created when the bench writes: its first existing ancestor counts
-        folder = folder.parent
+    folder = nearest_existing(out.parent)  # the bench creates the rest when it writes
     if not folder.is_dir():
         return f"{folder} is a file, not a folder"
-    try:  # a file made and removed there: os.access passes anything for root, /proc included
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
+    try:
+        probe_write(folder)
     except OSError as e:
         return f"{folder} is not writable ({e.strerror or e})"
     return None

@@ -16,6 +16,19 @@ from hydra.experimental.callback import Callback
 from sweeper.errors import SweeperError
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists: the folder a new `path` would be made in."""
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def probe_write(folder: Path) -> None:
+    """Make and remove a file in `folder`, or raise OSError: os.access passes anything for root,
+    /proc included. The file has a name of its own, so workers starting together do not trip over
+    each other."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        pass
+
+
 def writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = True) -> Path:
     """`path`, created if need be, once a file could be written in it; else SweeperError.
     With create=False the folder that would hold it (its nearest existing ancestor) is tried
@@ -23,10 +36,7 @@ def writable_dir(path: Path, key: str = "hydra.run.dir", create: bool = True) ->
     try:
         if create:
             path.mkdir(parents=True, exist_ok=True)
-        probe = path if create else next(p for p in (path.absolute(), *path.absolute().parents)
-                                          if p.exists())
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-test-"):
-            pass  # a name of its own: workers starting together do not trip over each other
+        probe_write(path if create else nearest_existing(path.absolute()))
     except OSError as e:
         raise SweeperError(f"the output directory {path} is not writable ({e.strerror or e}); "
                            f"set {key} to a writable folder") from None
