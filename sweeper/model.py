@@ -11,9 +11,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sweeper import convs
 
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+class Conv3x3(nn.Conv2d):
+    """A 3x3 convolution, padding 1, no bias.
+
+    With `forward_weight_grad` set, a stride-1 one on a map of at most `convs.SMALL_MAP` pixels
+    computes its weight gradient as a forward convolution (`sweeper.convs`), faster there on
+    CPUs whose kernels stop at AVX2; the trainer sets it where that helps (`use_forward_weight_grads`).
+    """
+
+    forward_weight_grad = False
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.forward_weight_grad and self.stride == (1, 1)
+                and x.shape[-2] * x.shape[-1] <= convs.SMALL_MAP
+                and torch.is_grad_enabled() and self.weight.requires_grad):
+            return convs.conv3x3(x, self.weight)
+        return super().forward(x)
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> Conv3x3:
+    return Conv3x3(in_ch, out_ch, stride)
+
+
+def use_forward_weight_grads(model: nn.Module, enabled: bool = True) -> int:
+    """Set (or clear) `forward_weight_grad` on every 3x3 convolution of `model`; returns how many."""
+    found = [m for m in model.modules() if isinstance(m, Conv3x3)]
+    for m in found:
+        m.forward_weight_grad = enabled
+    return len(found)
 
 
 class PreActBlock(nn.Module):

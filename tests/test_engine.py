@@ -35,6 +35,22 @@ def test_a_run_learns_and_writes_results(tiny_cfg, tmp_path):
     assert results["objective"] == result.objective == result.val_acc
 
 
+@pytest.mark.parametrize("helps", [True, False])
+def test_training_uses_forward_weight_grads_where_they_help(tiny_cfg, monkeypatch, helps):
+    """Where sweeper.convs says they help (fp32 on a CPU up to AVX2), a run computes the small
+    maps' weight gradients as forward convolutions; elsewhere it leaves them to the library."""
+    from sweeper import convs
+
+    calls = []
+    original = convs.weight_grad
+    monkeypatch.setattr(convs, "weight_grad", lambda x, gy: calls.append(1) or original(x, gy))
+    monkeypatch.setattr("sweeper.engine.forward_weight_grads_help", lambda device, amp: helps)
+    tiny_cfg.trainer.epochs = 1
+    result = train(tiny_cfg)
+    assert result.status == "completed" and math.isfinite(result.history[0]["train/loss"])
+    assert bool(calls) is helps
+
+
 def test_same_seed_same_result_on_cpu(tiny_cfg):
     a, b = train(tiny_cfg), train(tiny_cfg)
     assert a.history[-1]["train/loss"] == b.history[-1]["train/loss"] and a.val_acc == b.val_acc

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweeper.model import PreActBlock, PreActResNet, count_parameters
+from sweeper import convs
+from sweeper.model import PreActBlock, PreActResNet, count_parameters, use_forward_weight_grads
 
 
 @pytest.mark.parametrize("size", [32, 28])
@@ -62,12 +63,15 @@ def test_projection_is_the_papers_strided_1x1_conv(in_ch):
 
 @pytest.mark.parametrize("width", [2, 4, 8, 16])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_gradients_match_float64_at_small_widths(width, channels_last):
+@pytest.mark.parametrize("forward_weight_grads", [False, True])
+def test_gradients_match_float64_at_small_widths(width, channels_last, forward_weight_grads):
     """Fewer input channels than oneDNN's SIMD block (8 with AVX2, 16 with AVX-512) once gave
-    wrong projection gradients (errors of 50x) or a segfault with channels_last."""
+    wrong projection gradients (errors of 50x) or a segfault with channels_last. The weight
+    gradients computed as forward convolutions must match too."""
     torch.manual_seed(1)
-    model = PreActResNet([1, 1, 1, 1], width)
+    model = PreActResNet([1, 2, 2, 2], width)
     reference = copy.deepcopy(model).double()
+    use_forward_weight_grads(model, forward_weight_grads)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -77,3 +81,56 @@ def test_gradients_match_float64_at_small_widths(width, channels_last):
     for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
         error = (p.grad.double() - ref.grad).abs().max() / ref.grad.abs().max()
         assert error < 1e-3, f"{name}: relative error {error:.1e}"
+
+
+def test_forward_weight_grads_are_used_for_the_small_maps_only(monkeypatch):
+    """Stride-1 3x3 convs on 8x8 and 4x4 maps (the last two stages of a 32x32 input) while
+    training; never the stem, the first two stages, a strided conv, or a forward without grad."""
+    calls = []
+    original = convs.weight_grad
+    monkeypatch.setattr(convs, "weight_grad", lambda x, gy: calls.append(x.shape) or original(x, gy))
+    model = PreActResNet([2, 2, 2, 2], width=4)
+    assert use_forward_weight_grads(model) == 17  # the stem and two per block
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    # stage 3: the first block's second conv and both of the second's; the same in stage 4
+    assert calls == [(2, 32, 4, 4)] * 3 + [(2, 16, 8, 8)] * 3
+    calls.clear()
+    use_forward_weight_grads(model, False)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert calls == []
+
+
+@pytest.mark.parametrize("size", [4, 7, 8])  # the kernel is the whole map, of any size
+def test_weight_grad_as_forward_conv_equals_the_library(size):
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, size, size, dtype=torch.double, requires_grad=True)
+    w = torch.randn(3, 6, 3, 3, dtype=torch.double, requires_grad=True)
+    gy = torch.randn(5, 3, size, size, dtype=torch.double)
+    F.conv2d(x, w, padding=1).backward(gy)
+    expected = w.grad.clone(), x.grad.clone()
+    x.grad = w.grad = None
+    out = convs.conv3x3(x, w)
+    assert torch.allclose(out, F.conv2d(x, w, padding=1))
+    out.backward(gy)
+    assert torch.allclose(w.grad, expected[0]) and torch.allclose(x.grad, expected[1])
+
+
+@pytest.mark.parametrize("capability, isa_cap, amp, device, expected", [
+    ("AVX2", None, None, "cpu", True),
+    ("AVX512", None, None, "cpu", False),  # oneDNN's AVX-512 weight gradients win at every shape
+    ("AVX512", "avx2", None, "cpu", True),  # oneDNN held to AVX2 by ONEDNN_MAX_CPU_ISA
+    ("AVX512", "AVX512_CORE", None, "cpu", False),
+    ("AVX2", None, torch.bfloat16, "cpu", False),  # fp32 only
+    ("AVX2", None, None, "cuda", False),
+])
+def test_forward_weight_grads_only_in_fp32_on_cpus_up_to_avx2(monkeypatch, capability, isa_cap, amp,
+                                                             device, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if isa_cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
+    assert convs.forward_weight_grads_help(torch.device(device), amp) is expected
