@@ -30,7 +30,8 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.forward_weight_grad and self.stride == (1, 1)
                 and x.shape[-2] * x.shape[-1] <= convs.SMALL_MAP
-                and torch.is_grad_enabled() and self.weight.requires_grad):
+                and torch.is_grad_enabled() and self.weight.requires_grad
+                and not torch.is_autocast_enabled(x.device.type)):  # fp32 only
             return convs.conv3x3(x, self.weight)
         return super().forward(x)
 

@@ -96,6 +96,9 @@ def test_forward_weight_grads_are_used_for_the_small_maps_only(monkeypatch):
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     # stage 3: the first block's second conv and both of the second's; the same in stage 4
     assert calls == [(2, 32, 4, 4)] * 3 + [(2, 16, 8, 8)] * 3
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 only: the library's under autocast
+        model(torch.randn(2, 3, 32, 32)).float().sum().backward()
+    assert len(calls) == 6
     calls.clear()
     use_forward_weight_grads(model, False)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
