@@ -1,11 +1,11 @@
 """Bare training steps with the library's weight gradients against forward-conv ones, interleaved.
 
-Usage: python benchmarks/wgrad_step.py [WIDTH] [ROUNDS]   (defaults: 64 6; [2,2,2,2], batch 128,
-channels_last, fp32, SGD with momentum)
+Usage: python benchmarks/wgrad_step.py [WIDTH] [ROUNDS] [fp32|bf16]   (defaults: 64 6 fp32;
+[2,2,2,2], batch 128, channels_last, SGD with momentum; bf16: under autocast, as the trainer)
 
 Three copies of one model: the library's weight gradients everywhere (`library`), computed as
-forward convolutions on 4x4 maps only (`4x4`), and on 8x8 and 4x4 maps (`8x8`, what the trainer
-does on CPUs up to AVX2: sweeper/convs.py). Each round times two steps of each, in reversed order
+forward convolutions on 4x4 maps only (`4x4`, what the trainer does in bf16 on CPUs with AMX), and
+on 8x8 and 4x4 maps (`8x8`, what it does in fp32 on CPUs up to AVX2: sweeper/convs.py). Each round times two steps of each, in reversed order
 every other round, and prints milliseconds per step; the end prints the medians and each round's
 ratio to `library`.
 """
@@ -26,22 +26,23 @@ from sweeper.model import PreActResNet, use_forward_weight_grads
 def main():
     width = int(sys.argv[1]) if len(sys.argv) > 1 else 64
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 6
+    amp = torch.bfloat16 if len(sys.argv) > 3 and sys.argv[3] == "bf16" else None
     keep_freed_memory()  # as train() does on a CPU
     torch.manual_seed(0)
     base = PreActResNet([2, 2, 2, 2], width).to(memory_format=torch.channels_last)
     nets = {"library": base, "4x4": copy.deepcopy(base), "8x8": copy.deepcopy(base)}
-    use_forward_weight_grads(nets["4x4"])
-    use_forward_weight_grads(nets["8x8"])
-    small_map = {"library": convs.SMALL_MAP, "4x4": 16, "8x8": 64}
+    use_forward_weight_grads(nets["4x4"], convs.TINY_MAP)
+    use_forward_weight_grads(nets["8x8"], convs.SMALL_MAP)
     x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))
     optimizers = {name: torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
                   for name, net in nets.items()}
 
     def step(name):
-        convs.SMALL_MAP = small_map[name]  # read by each convolution as it runs
         optimizers[name].zero_grad(set_to_none=True)
-        F.cross_entropy(nets[name](x), y).backward()
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = F.cross_entropy(nets[name](x), y)
+        loss.backward()
         optimizers[name].step()
 
     for name in nets:

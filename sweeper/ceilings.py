@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sweeper.convs import forward_weight_grads_help
+from sweeper.convs import forward_weight_grad_pixels
 from sweeper.model import PreActResNet, use_forward_weight_grads
 from sweeper.reference import LR
 
@@ -44,7 +44,7 @@ def convolution_time(blocks: list[int], width: int, batch_size: int, device: tor
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = PreActResNet(blocks, width).to(device, memory_format=fmt)
-    use_forward_weight_grads(net, forward_weight_grads_help(device, amp))  # as the trainer does
+    use_forward_weight_grads(net, forward_weight_grad_pixels(device, amp))  # as the trainer does
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch_size,), device=device)
     optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)

@@ -3,15 +3,19 @@
 The weight gradient of a 3x3 convolution (padding 1) is a correlation of its input with its output
 gradient over the batch and the image: dW[o, c, i, j] = sum over n, y, x of gy[n, o, y, x] *
 xpad[n, c, y + i, x + j]. That is itself a forward convolution, with the channels as the batch, the
-batch as the channels and the output gradient as an HxW kernel (3x3 output). On CPUs without
-AVX-512, oneDNN's own weight-gradient kernel (`jit:avx2`) is slowest on the last stages' small
-maps, where that forward convolution is faster: at batch 128 and width 64, on the Zen 1 EPYC with
-AVX2 only, 130 against 279 ms for the 512-channel 4x4 maps and 142 against 174 ms for the
-256-channel 8x8 ones; on a Zen 4 held to AVX2, 50 against 66 and 51 against 53 ms (benchmarks/
-wgrad.py). With AVX-512 in fp32 oneDNN's kernel wins at every shape, and in bf16 the gain per step
-was 2 % or less, so it is used only in fp32 on CPUs whose kernels stop at AVX2 (benchmarks/README.md,
-"Weight gradients as forward convolutions"). The result equals the library's to float32 rounding
-(1e-6 relative); the rule depends only on the machine, so a seed still gives the same run.
+batch as the channels and the output gradient as an HxW kernel (3x3 output). oneDNN's own
+weight-gradient kernels are slowest on the last stages' small maps, where that forward convolution
+is faster in two cases (benchmarks/wgrad.py, batch 128):
+- fp32 on CPUs whose kernels stop at AVX2 (`jit:avx2`), on 8x8 and 4x4 maps: at width 64 on the
+  Zen 1 EPYC, 130 against 279 ms for the 512-channel 4x4 maps and 142 against 174 ms for the
+  256-channel 8x8 ones; on a Zen 4 held to AVX2, 50 against 66 and 51 against 53 ms. With AVX-512
+  in fp32 oneDNN's kernel wins at every shape.
+- bf16 on CPUs with AMX, on 4x4 maps only: on a Xeon with AMX, 26.5 against 55.4 ms at width 64
+  (512 channels), 3.3 against 20.0 at width 32, 1.8 against 5.7 at width 16; on the 8x8 maps
+  oneDNN's is faster (19 against 58 ms at width 64). On the AMD CPU with avx512_bf16 and no AMX
+  the gain per bf16 step was 2 % or less, so it is left to oneDNN there.
+The result equals the library's to the rounding of its dtype (1e-6 relative in fp32, 2e-3 in
+bf16); the rule depends only on the machine and the precision, so a seed still gives the same run.
 """
 
 from __future__ import annotations
@@ -20,18 +24,24 @@ import torch
 import torch.nn.functional as F
 
 SMALL_MAP = 8 * 8  # pixels: the 8x8 and 4x4 maps of a 32x32 input's last two stages
+TINY_MAP = 4 * 4  # the last stage's 4x4 maps only
 
 # ONEDNN_MAX_CPU_ISA's names of the instruction sets that stop at AVX2 and were measured
 _AVX2 = {"AVX2", "AVX2_VNNI", "AVX2_VNNI_2"}
 
 
-def forward_weight_grads_help(device: torch.device, amp: torch.dtype | None) -> bool:
-    """Whether to compute small maps' weight gradients as forward convolutions on `device`."""
-    from sweeper.device import onednn_cap
+def forward_weight_grad_pixels(device: torch.device, amp: torch.dtype | None) -> int:
+    """The largest map (height x width) whose stride-1 3x3 convolutions compute their weight
+    gradients as forward convolutions when training on `device` under autocast to `amp` (None:
+    fp32); 0 where oneDNN's own are as fast everywhere."""
+    from sweeper.device import amx_kernels, onednn_cap
 
-    if device.type != "cpu" or amp is not None:
-        return False
-    return torch.backends.cpu.get_cpu_capability() == "AVX2" or onednn_cap() in _AVX2
+    if device.type != "cpu":
+        return 0
+    if amp is None:
+        avx2 = torch.backends.cpu.get_cpu_capability() == "AVX2" or onednn_cap() in _AVX2
+        return SMALL_MAP if avx2 else 0
+    return TINY_MAP if amp is torch.bfloat16 and amx_kernels() else 0
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:

@@ -119,14 +119,19 @@ def fast_bf16(device: torch.device) -> bool:
             return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    # private functions (absent: unknown, so no AMX): the CPU has AMX, and the kernel lets us use it
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    usable = getattr(torch.cpu, "_init_amx", lambda: True)
-    cap = onednn_cap()
-    if amx is not None and bool(amx()) and bool(usable()) and cap not in _BELOW_AMX:
+    if amx_kernels():
         return True
     cpu = cpu_info()
-    return cpu["vendor"] == "AuthenticAMD" and cpu["avx512_bf16"] and cap not in _BELOW_BF16
+    return cpu["vendor"] == "AuthenticAMD" and cpu["avx512_bf16"] and onednn_cap() not in _BELOW_BF16
+
+
+def amx_kernels() -> bool:
+    """Whether oneDNN's bf16 kernels use AMX here: the CPU has it, the kernel lets this process use
+    it, and ONEDNN_MAX_CPU_ISA does not hold oneDNN below it."""
+    # private functions (absent: unknown, so no AMX)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    usable = getattr(torch.cpu, "_init_amx", lambda: True)
+    return amx is not None and bool(amx()) and bool(usable()) and onednn_cap() not in _BELOW_AMX
 
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

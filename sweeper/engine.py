@@ -20,7 +20,7 @@ from torch import nn
 
 from sweeper import checkpoint
 from sweeper.config import validate
-from sweeper.convs import forward_weight_grads_help
+from sweeper.convs import forward_weight_grad_pixels
 from sweeper.data import CLASSES, Augment, Split, check_val_size, load_cifar10, normalize, split
 from sweeper.device import (
     autocast,
@@ -299,9 +299,9 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             log.warning("schedule.%s=%g has no effect with schedule=%s (cosine and onecycle only)",
                         key, cfg.schedule[key], cfg.schedule.name)
     model, forward = build_compiled(cfg.model, device, channels_last, use_compile, tr.compile_mode)
-    if not use_compile and forward_weight_grads_help(device, amp):
-        use_forward_weight_grads(model)
-        log.debug("Weight gradients of small maps computed as forward convolutions")
+    if not use_compile and (pixels := forward_weight_grad_pixels(device, amp)):
+        use_forward_weight_grads(model, pixels)
+        log.debug("Weight gradients of maps up to %d pixels computed as forward convolutions", pixels)
     # CUDA graphs replay a step's kernels in one launch; each step begins a new replay, whose
     # outputs (the logits) overwrite the last step's
     graphs = use_compile and device.type == "cuda" and tr.compile_mode in CUDA_GRAPH_MODES

@@ -17,22 +17,24 @@ from sweeper import convs
 class Conv3x3(nn.Conv2d):
     """A 3x3 convolution, padding 1, no bias.
 
-    With `forward_weight_grad` set, a stride-1 one on a map of at most `convs.SMALL_MAP` pixels
-    computes its weight gradient as a forward convolution (`sweeper.convs`), faster there on
-    CPUs whose kernels stop at AVX2; the trainer sets it where that helps (`use_forward_weight_grads`).
+    With `forward_weight_grad_pixels` set, a stride-1 one on a map of at most that many pixels
+    computes its weight gradient as a forward convolution (`sweeper.convs`), faster there on some
+    CPUs; the trainer sets it where that helps (`use_forward_weight_grads`).
     """
 
-    forward_weight_grad = False
+    forward_weight_grad_pixels = 0
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
         super().__init__(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.forward_weight_grad and self.stride == (1, 1)
-                and x.shape[-2] * x.shape[-1] <= convs.SMALL_MAP
-                and torch.is_grad_enabled() and self.weight.requires_grad
-                and not torch.is_autocast_enabled(x.device.type)):  # fp32 only
-            return convs.conv3x3(x, self.weight)
+        if (self.stride == (1, 1) and x.shape[-2] * x.shape[-1] <= self.forward_weight_grad_pixels
+                and torch.is_grad_enabled() and self.weight.requires_grad):
+            weight, device = self.weight, x.device.type
+            if torch.is_autocast_enabled(device):  # cast as autocast casts a convolution's inputs
+                dtype = torch.get_autocast_dtype(device)
+                x, weight = x.to(dtype), weight.to(dtype)
+            return convs.conv3x3(x, weight)
         return super().forward(x)
 
 
@@ -40,11 +42,12 @@ def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> Conv3x3:
     return Conv3x3(in_ch, out_ch, stride)
 
 
-def use_forward_weight_grads(model: nn.Module, enabled: bool = True) -> int:
-    """Set (or clear) `forward_weight_grad` on every 3x3 convolution of `model`; returns how many."""
+def use_forward_weight_grads(model: nn.Module, max_pixels: int) -> int:
+    """Have every 3x3 convolution of `model` on a map of at most `max_pixels` pixels (0: none)
+    compute its weight gradient as a forward convolution; returns how many 3x3 convolutions."""
     found = [m for m in model.modules() if isinstance(m, Conv3x3)]
     for m in found:
-        m.forward_weight_grad = enabled
+        m.forward_weight_grad_pixels = max_pixels
     return len(found)
 
 

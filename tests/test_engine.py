@@ -35,20 +35,21 @@ def test_a_run_learns_and_writes_results(tiny_cfg, tmp_path):
     assert results["objective"] == result.objective == result.val_acc
 
 
-@pytest.mark.parametrize("helps", [True, False])
-def test_training_uses_forward_weight_grads_where_they_help(tiny_cfg, monkeypatch, helps):
-    """Where sweeper.convs says they help (fp32 on a CPU up to AVX2), a run computes the small
-    maps' weight gradients as forward convolutions; elsewhere it leaves them to the library."""
+@pytest.mark.parametrize("pixels, maps", [(64, {8, 4}), (16, {4}), (0, set())])
+def test_training_uses_forward_weight_grads_where_they_help(tiny_cfg, monkeypatch, pixels, maps):
+    """Where sweeper.convs says they help (fp32 on a CPU up to AVX2: 8x8 and 4x4 maps; bf16 with
+    AMX: 4x4), a run computes those maps' weight gradients as forward convolutions; elsewhere it
+    leaves them to the library."""
     from sweeper import convs
 
-    calls = []
+    seen = set()
     original = convs.weight_grad
-    monkeypatch.setattr(convs, "weight_grad", lambda x, gy: calls.append(1) or original(x, gy))
-    monkeypatch.setattr("sweeper.engine.forward_weight_grads_help", lambda device, amp: helps)
+    monkeypatch.setattr(convs, "weight_grad", lambda x, gy: seen.add(x.shape[-1]) or original(x, gy))
+    monkeypatch.setattr("sweeper.engine.forward_weight_grad_pixels", lambda device, amp: pixels)
     tiny_cfg.trainer.epochs = 1
     result = train(tiny_cfg)
     assert result.status == "completed" and math.isfinite(result.history[0]["train/loss"])
-    assert bool(calls) is helps
+    assert seen == maps
 
 
 def test_same_seed_same_result_on_cpu(tiny_cfg):

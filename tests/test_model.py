@@ -63,7 +63,7 @@ def test_projection_is_the_papers_strided_1x1_conv(in_ch):
 
 @pytest.mark.parametrize("width", [2, 4, 8, 16])
 @pytest.mark.parametrize("channels_last", [True, False])
-@pytest.mark.parametrize("forward_weight_grads", [False, True])
+@pytest.mark.parametrize("forward_weight_grads", [0, convs.SMALL_MAP])
 def test_gradients_match_float64_at_small_widths(width, channels_last, forward_weight_grads):
     """Fewer input channels than oneDNN's SIMD block (8 with AVX2, 16 with AVX-512) once gave
     wrong projection gradients (errors of 50x) or a segfault with channels_last. The weight
@@ -84,25 +84,49 @@ def test_gradients_match_float64_at_small_widths(width, channels_last, forward_w
 
 
 def test_forward_weight_grads_are_used_for_the_small_maps_only(monkeypatch):
-    """Stride-1 3x3 convs on 8x8 and 4x4 maps (the last two stages of a 32x32 input) while
-    training; never the stem, the first two stages, a strided conv, or a forward without grad."""
+    """Stride-1 3x3 convs on maps of at most the pixels set (8x8 and 4x4, or 4x4 only: the last
+    stages of a 32x32 input) while training; never the stem, the first two stages, a strided
+    conv, or a forward without grad."""
     calls = []
     original = convs.weight_grad
     monkeypatch.setattr(convs, "weight_grad", lambda x, gy: calls.append(x.shape) or original(x, gy))
     model = PreActResNet([2, 2, 2, 2], width=4)
-    assert use_forward_weight_grads(model) == 17  # the stem and two per block
+    assert use_forward_weight_grads(model, convs.SMALL_MAP) == 17  # the stem and two per block
     with torch.no_grad():
         model(torch.randn(2, 3, 32, 32))
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     # stage 3: the first block's second conv and both of the second's; the same in stage 4
     assert calls == [(2, 32, 4, 4)] * 3 + [(2, 16, 8, 8)] * 3
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 only: the library's under autocast
-        model(torch.randn(2, 3, 32, 32)).float().sum().backward()
-    assert len(calls) == 6
     calls.clear()
-    use_forward_weight_grads(model, False)
+    use_forward_weight_grads(model, convs.TINY_MAP)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert calls == [(2, 32, 4, 4)] * 3
+    calls.clear()
+    use_forward_weight_grads(model, 0)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert calls == []
+
+
+def test_forward_weight_grads_under_autocast_match_the_library():
+    """Under bf16 autocast the convolution runs in bf16, as autocast runs the library's, and each
+    gradient lands in its parameter's dtype within bf16's rounding of the library's."""
+    torch.manual_seed(0)
+    model = PreActResNet([1, 1, 1, 2], width=8).to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(model)
+    use_forward_weight_grads(model, convs.TINY_MAP)
+    x = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,))
+    for net in (model, reference):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = net(x)
+        assert logits.dtype == torch.bfloat16
+        F.cross_entropy(logits.float(), y).backward()
+    conv = model.stages[3][1].conv1.weight  # on a 4x4 map: its weight gradient went the new way
+    for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
+        assert p.grad.dtype == torch.float32
+        error = (p.grad - ref.grad).abs().max() / ref.grad.abs().max()
+        assert error < 0.02, f"{name}: relative error {error:.1e}"
+    assert conv.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("size", [4, 7, 8])  # the kernel is the whole map, of any size
@@ -120,20 +144,25 @@ def test_weight_grad_as_forward_conv_equals_the_library(size):
     assert torch.allclose(w.grad, expected[0]) and torch.allclose(x.grad, expected[1])
 
 
-@pytest.mark.parametrize("capability, isa_cap, amp, device, expected", [
-    ("AVX2", None, None, "cpu", True),
-    ("AVX512", None, None, "cpu", False),  # oneDNN's AVX-512 weight gradients win at every shape
-    ("AVX512", "avx2", None, "cpu", True),  # oneDNN held to AVX2 by ONEDNN_MAX_CPU_ISA
-    ("AVX512", "AVX512_CORE", None, "cpu", False),
-    ("AVX2", None, torch.bfloat16, "cpu", False),  # fp32 only
-    ("AVX2", None, None, "cuda", False),
+@pytest.mark.parametrize("capability, isa_cap, amx, amp, device, expected", [
+    ("AVX2", None, False, None, "cpu", convs.SMALL_MAP),
+    ("AVX512", None, False, None, "cpu", 0),  # oneDNN's AVX-512 weight gradients win at every shape
+    ("AVX512", "avx2", False, None, "cpu", convs.SMALL_MAP),  # oneDNN held to AVX2
+    ("AVX512", "AVX512_CORE", False, None, "cpu", 0),
+    ("AVX512", None, True, None, "cpu", 0),  # AMX, fp32: oneDNN's win
+    ("AVX512", None, True, torch.bfloat16, "cpu", convs.TINY_MAP),  # AMX, bf16: 4x4 maps
+    ("AVX512", "AVX512_CORE_BF16", True, torch.bfloat16, "cpu", 0),  # oneDNN held below AMX
+    ("AVX512", None, False, torch.bfloat16, "cpu", 0),  # avx512_bf16 without AMX: 2 % or less
+    ("AVX2", None, False, torch.bfloat16, "cpu", 0),
+    ("AVX512", None, True, torch.float16, "cpu", 0),
+    ("AVX2", None, False, None, "cuda", 0),
 ])
-def test_forward_weight_grads_only_in_fp32_on_cpus_up_to_avx2(monkeypatch, capability, isa_cap, amp,
-                                                             device, expected):
+def test_forward_weight_grads_where_measured_faster(monkeypatch, capability, isa_cap, amx, amp,
+                                                    device, expected):
+    from tests.conftest import fake_amx
+
+    fake_amx(monkeypatch, amx)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
-    if isa_cap is None:
-        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    else:
+    if isa_cap is not None:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
-    assert convs.forward_weight_grads_help(torch.device(device), amp) is expected
+    assert convs.forward_weight_grad_pixels(torch.device(device), amp) == expected
