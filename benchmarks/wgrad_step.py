@@ -5,9 +5,9 @@ Usage: python benchmarks/wgrad_step.py [WIDTH] [ROUNDS] [fp32|bf16]   (defaults:
 
 Three copies of one model: the library's weight gradients everywhere (`library`), computed as
 forward convolutions on 4x4 maps only (`4x4`, what the trainer does in bf16 on CPUs with AMX), and
-on 8x8 and 4x4 maps (`8x8`, what it does in fp32 on CPUs up to AVX2: sweeper/convs.py). Each round times two steps of each, in reversed order
-every other round, and prints milliseconds per step; the end prints the medians and each round's
-ratio to `library`.
+on 8x8 and 4x4 maps (`8x8`, what it does in fp32 on CPUs up to AVX2: sweeper/convs.py). Each round
+times two steps of each, in reversed order every other round, and prints milliseconds per step;
+the end prints the medians and each round's ratio to `library`.
 """
 
 import copy
