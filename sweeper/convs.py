@@ -70,5 +70,9 @@ class _Conv3x3(torch.autograd.Function):
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """F.conv2d(x, weight, padding=1), whose backward computes the weight gradient as a forward
-    convolution."""
+    convolution; under autocast its inputs are cast as autocast casts a convolution's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
     return _Conv3x3.apply(x, weight)

@@ -28,13 +28,10 @@ class Conv3x3(nn.Conv2d):
         super().__init__(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.stride == (1, 1) and x.shape[-2] * x.shape[-1] <= self.forward_weight_grad_pixels
+        if (self.forward_weight_grad_pixels and self.stride == (1, 1)
+                and x.shape[-2] * x.shape[-1] <= self.forward_weight_grad_pixels
                 and torch.is_grad_enabled() and self.weight.requires_grad):
-            weight, device = self.weight, x.device.type
-            if torch.is_autocast_enabled(device):  # cast as autocast casts a convolution's inputs
-                dtype = torch.get_autocast_dtype(device)
-                x, weight = x.to(dtype), weight.to(dtype)
-            return convs.conv3x3(x, weight)
+            return convs.conv3x3(x, self.weight)
         return super().forward(x)
 
 
