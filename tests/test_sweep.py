@@ -962,3 +962,28 @@ def test_parameter_importances_are_drawn_only_from_two_complete_trials(tmp_path)
     study.add_trial(optuna.trial.create_trial(params={"lr": 0.3, "blocks": 4}, distributions=space,
                                               value=0.6))
     assert "param_importances.png" in {p.name for p in plots(study, tmp_path)}
+
+
+def test_a_repeat_of_a_pruned_trial_is_pruned_without_training(tmp_path):
+    """A pruned trial keeps its last reported value, which Optuna refuses in a tell of PRUNED: the
+    repeat's tell failed, was taken for another worker's, and left the repeat RUNNING."""
+    swept, study, first = _one_trial_sweeper(tmp_path, lambda job_overrides, initial_job_idx: 1 / 0)
+    first.report(0.25, step=1)
+    study.tell(first, state=TrialState.PRUNED)
+    assert study.trials[0].value == 0.25
+    repeat = study.ask()  # the same (empty) params: a repeat, so the launcher is never called
+    swept._run_trial(study, repeat, [], None)
+    frozen = study.trials[repeat.number]
+    assert frozen.state == TrialState.PRUNED and frozen.user_attrs["duplicate_of"] == 0
+
+
+def test_a_tell_refused_for_another_reason_than_an_ended_trial_raises(tmp_path):
+    from hydra_plugins.optuna_pruning_sweeper.study import tell
+
+    study = optuna.create_study()
+    trial = study.ask()
+    with pytest.raises(ValueError):
+        tell(study, trial, [0.5], state=TrialState.PRUNED)
+    tell(study, trial, None, state=TrialState.PRUNED)
+    tell(study, trial, 0.5)  # already ended: logged, not raised
+    assert study.trials[0].state == TrialState.PRUNED

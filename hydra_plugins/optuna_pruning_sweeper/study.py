@@ -103,7 +103,10 @@ def tell(study: optuna.Study, trial, values=None, state=None) -> None:
         if "Study.stop" not in str(e):
             raise
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
-        # another worker already ended it (its heartbeats stopped arriving for a while)
+        # another worker already ended it (its heartbeats stopped arriving for a while); any other
+        # refusal (values for a PRUNED trial, a NaN value) is a bug, not to be passed over
+        if isinstance(e, ValueError) and not str(e).startswith("Cannot tell a "):
+            raise
         number = trial if isinstance(trial, int) else trial.number
         log.warning("Trial %d was already ended by another worker (%s); its outcome is not "
                     "recorded", number, str(e).splitlines()[0])

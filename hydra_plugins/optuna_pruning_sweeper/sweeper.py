@@ -549,7 +549,9 @@ class OptunaPruningSweeper(Sweeper):
                 trial.set_user_attr("duplicate_of", same.number)
                 log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number,
                          same.number, trial.params)
-                tell(study, trial, same.values, state=same.state)
+                # a PRUNED trial keeps its last reported value, which a tell of PRUNED refuses
+                tell(study, trial, same.values if same.state == TrialState.COMPLETE else None,
+                     state=same.state)
             self._running = None
         except BaseException as e:
             _fail_stopped(study, trial, e)
