@@ -172,9 +172,14 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, cfg.beta2))
 
 
-# The compiled model of the last shape trained in this process, reused (with fresh weights) by the
-# next run of the same shape, so a sweep's trials do not compile the same graph again.
+# The compiled models of the last shapes (and modes) trained in this process, each reused (with
+# fresh weights) by the next run of its shape, so a sweep's trials and the bench's alternating
+# variants do not compile the same graph again. TorchDynamo keeps what it compiled per function,
+# and every network shares the model classes' forward: past `recompile_limit` (8) entries it
+# would run that forward uncompiled for the rest of the process, with one warning (an in-process
+# sweep's 9th architecture). So when the cache is full it is emptied and Dynamo reset with it.
 _compiled: dict[tuple, tuple[nn.Module, Callable]] = {}
+MAX_COMPILED = 4
 
 
 def build_compiled(cfg, device: torch.device, channels_last: bool, use_compile: bool,
@@ -194,7 +199,9 @@ def build_compiled(cfg, device: torch.device, channels_last: bool, use_compile: 
         model = model.to(memory_format=torch.channels_last)
     if not use_compile:
         return model, model
-    _compiled.clear()
+    if len(_compiled) >= MAX_COMPILED:
+        _compiled.clear()
+        torch.compiler.reset()  # also frees the CUDA graphs' memory pools
     if device.type == "cpu":  # the C++ toolchain lookup warns of CUDA, which a CPU run never uses
         logging.getLogger("torch.utils.cpp_extension").addFilter(_not_cuda_runtime)
     _compiled[key] = model, torch.compile(model, mode=None if mode == "default" else mode)

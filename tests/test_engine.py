@@ -144,23 +144,52 @@ def test_startup_is_timed(tiny_cfg):
     assert before < result.first_step_at < time.time()
 
 
-def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(tiny_cfg, capfd):
+def test_a_compiled_model_is_reused_by_the_next_run_of_its_shape(tiny_cfg, capfd, monkeypatch):
     """Same shape: the compiled module is reused, with fresh weights; the runs train alike.
 
     And compiling for a CPU does not warn of CUDA (torch does, where a CUDA toolkit is installed).
     """
-    from sweeper.engine import _compiled
+    import sweeper.engine as engine
 
+    monkeypatch.setattr(engine, "_compiled", {})
     tiny_cfg.trainer.compile = True
     tiny_cfg.trainer.epochs = 1
     first = train(tiny_cfg)
     assert "No CUDA runtime" not in capfd.readouterr().err
-    compiled = next(iter(_compiled.values()))[1]
+    [(_, compiled)] = engine._compiled.values()
     second = train(tiny_cfg)
-    assert next(iter(_compiled.values()))[1] is compiled
+    assert [forward for _, forward in engine._compiled.values()] == [compiled]
     assert second.history[-1]["train/loss"] == pytest.approx(first.history[-1]["train/loss"], rel=1e-5)
     assert second.startup_s < first.startup_s
 
+
+def test_every_architecture_of_a_long_in_process_sweep_is_compiled(monkeypatch):
+    """Dynamo keeps its compiled code per function, shared by every network: from the 9th shape
+    in one process it ran forward uncompiled (recompile_limit, 8), warning once."""
+    import torch
+    from omegaconf import OmegaConf
+
+    import sweeper.engine as engine
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: real_compile(
+        model, backend=counting_backend))
+    monkeypatch.setattr("sweeper.engine._compiled", {})
+    x = torch.randn(2, 3, 8, 8)
+    for n in range(1, 10):  # 9 architectures, each compiled once
+        cfg = OmegaConf.create({"blocks": [1, 1, 1, n], "width": 2, "num_classes": 10})
+        _, forward = engine.build_compiled(cfg, torch.device("cpu"), False, True)
+        before = len(graphs)
+        forward(x)
+        assert len(graphs) > before, f"architecture {n} ran uncompiled"
+        assert len(engine._compiled) <= engine.MAX_COMPILED
+    torch.compiler.reset()
 
 @pytest.mark.parametrize("mode, passed", [("default", None), ("reduce-overhead", "reduce-overhead")])
 def test_compile_mode_reaches_torch_compile(tiny_cfg, monkeypatch, mode, passed):
