@@ -454,6 +454,19 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                     tracking_run_id=tracker.run_id))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
+        # inside the try: a stop or a full disk here is recorded as for any epoch
+        test_preds = predict(test_set)
+        result.test_acc = (test_preds == test_set.y).float().mean().item()
+        result.test_acc_per_class = per_class_accuracy(test_preds, test_set.y)
+        result.test_confusion = confusion(test_preds, test_set.y)
+        for name, acc in result.test_acc_per_class.items():
+            log.info("Accuracy of %5s : %5.1f %%", name, 100 * acc)
+        log.info("Accuracy of the network on the %d test images: %.1f %%", len(test_set),
+                 100 * result.test_acc)
+        log.info("Validation accuracy (the objective): %.1f %%", 100 * result.val_acc)
+        if out_dir is not None and tr.save_model:
+            save_weights(eval_model, Path(out_dir) / "model.pt")
+        result.status = "completed"
     except Diverged as e:
         log.error("Diverged: %s", e)
         result.status, result.message, result.val_acc = "diverged", str(e), None
@@ -472,19 +485,6 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     finally:
         above_bars.__exit__(None, None, None)
 
-    if result.status == "running":
-        test_preds = predict(test_set)
-        result.test_acc = (test_preds == test_set.y).float().mean().item()
-        result.test_acc_per_class = per_class_accuracy(test_preds, test_set.y)
-        result.test_confusion = confusion(test_preds, test_set.y)
-        result.status = "completed"
-        for name, acc in result.test_acc_per_class.items():
-            log.info("Accuracy of %5s : %5.1f %%", name, 100 * acc)
-        log.info("Accuracy of the network on the %d test images: %.1f %%", len(test_set),
-                 100 * result.test_acc)
-        log.info("Validation accuracy (the objective): %.1f %%", 100 * result.val_acc)
-        if out_dir is not None and tr.save_model:
-            save_weights(eval_model, Path(out_dir) / "model.pt")
     _finish(result, out_dir)
     if ckpt_path is not None:
         ckpt_path.unlink(missing_ok=True)  # finished: results.json and model.pt hold the outcome

@@ -232,6 +232,48 @@ def test_resume_after_the_last_epoch_only_evaluates(tiny_cfg, tmp_path):
     assert [h["train/loss"] for h in resumed.history] == [h["train/loss"] for h in whole.history]
 
 
+def test_a_stop_during_the_test_pass_is_recorded_and_resumable(tiny_cfg, tmp_path, monkeypatch):
+    """Ctrl-C (or SLURM's SIGTERM) while the test set is evaluated, after the last epoch: the run
+    was left without results.json, and the command line said it had not started."""
+    import sweeper.engine as engine
+
+    tiny_cfg.trainer.epochs = 2
+    whole = train(tiny_cfg, out_dir=tmp_path / "whole")
+    real_evaluate, calls = engine.evaluate, []
+
+    def evaluate(model, data, *args):
+        calls.append(len(data.y))
+        if len(calls) == 3:  # two validations, then the test set
+            raise Interrupt("SIGTERM")
+        return real_evaluate(model, data, *args)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    out = tmp_path / "late"
+    with pytest.raises(Interrupt):
+        train(tiny_cfg, out_dir=out)
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+    assert not (out / "model.pt").exists() and (out / "checkpoint.pt").exists()
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    tiny_cfg.trainer.resume = True
+    resumed = train(tiny_cfg, out_dir=out)
+    assert resumed.status == "completed" and resumed.test_acc == whole.test_acc
+    assert (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_a_full_disk_when_saving_the_model_is_a_failed_run(tiny_cfg, tmp_path, monkeypatch):
+    import sweeper.engine as engine
+
+    def save_weights(model, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine, "save_weights", save_weights)
+    with pytest.raises(OSError):
+        train(tiny_cfg, out_dir=tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "failed" and "No space left" in results["message"]
+    assert (tmp_path / "checkpoint.pt").exists()  # kept: trainer.resume=true finishes the run
+
+
 def test_resume_with_ema_ends_like_an_uninterrupted_run(tiny_cfg, tmp_path):
     tiny_cfg.trainer.epochs, tiny_cfg.trainer.ema = 3, 0.9
     whole = train(tiny_cfg, out_dir=tmp_path / "whole")
