@@ -189,6 +189,9 @@ def test_an_earlier_runs_failures_do_not_stop_a_resumed_sweep(cifar_root, tmp_pa
     ("hydra.sweeper.pruner.n_warmup_steps=-1", "error: hydra.sweeper.pruner.n_warmup_steps=-1", 2),
     ("hydra.sweeper.objectives=[val/acc,nope]", "error: hydra.sweeper.objectives=[val/acc,nope] "
      "is invalid: keys of results.json", 2),
+    ("hydra.sweeper.objectives=[test/acc]", "error: hydra.sweeper.objectives=[test/acc] is "
+     "invalid: keys of results.json: val/acc, n_params, train_time_s, images_per_s, startup_s (not "
+     "test/acc: the test set is reported, never optimized)", 2),
     ("hydra.sweeper.direction=up", "error: hydra.sweeper.direction=up is invalid", 2),
     ("hydra.sweeper.direction=[maximize,minimize]", "error: hydra.sweeper.direction=[maximize,"
      "minimize] and hydra.sweeper.objectives=[val/acc] do not match: one direction per objective",

@@ -364,7 +364,8 @@ class OptunaPruningSweeper(Sweeper):
                  all(str(d).lower() in ("maximize", "minimize") for d in self.directions),
                  "maximize or minimize, or a list of them, one per objective"),
                 ("objectives", self.objectives, all(o in OBJECTIVES for o in self.objectives),
-                 "keys of results.json: " + ", ".join(OBJECTIVES)),
+                 "keys of results.json: " + ", ".join(OBJECTIVES)
+                 + " (not test/acc: the test set is reported, never optimized)"),
                 ("pruner.name", pruner.name, pruner.name in PRUNERS,
                  "allowed values are " + ", ".join(PRUNERS)),
                 ("pruner.n_startup_trials", pruner.n_startup_trials, pruner.n_startup_trials >= 0,
@@ -740,8 +741,9 @@ def cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-# Numbers in a trial's results.json that a sweep may optimize (sweeper.engine.Result).
-OBJECTIVES = ("val/acc", "test/acc", "n_params", "train_time_s", "images_per_s", "startup_s")
+# Numbers in a trial's results.json that a sweep may optimize (sweeper.engine.Result); never
+# test/acc, which a sweep that chose by it would no longer measure without bias.
+OBJECTIVES = ("val/acc", "n_params", "train_time_s", "images_per_s", "startup_s")
 # Settings that change how a trial runs or is recorded, not what it measures: a study's recipe
 # leaves them out, so a resumed sweep may change them.
 _NOT_RECIPE = ("hydra", "tracking", "trial", "data.root", "data.download", "trainer.device",
