@@ -990,3 +990,18 @@ def test_a_tell_refused_for_another_reason_than_an_ended_trial_raises(tmp_path):
     tell(study, trial, None, state=TrialState.PRUNED)
     tell(study, trial, 0.5)  # already ended: logged, not raised
     assert study.trials[0].state == TrialState.PRUNED
+
+
+def test_pruned_and_diverged_trials_of_a_two_objective_study_are_not_failures():
+    """Optuna prunes single-objective studies only: in sweep=blocks_size a diverged or pruned
+    trial is FAIL, and counted as a failure it could stop the sweep at max_failure_rate."""
+    from hydra_plugins.optuna_pruning_sweeper.study import count_failures
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for reason in ("diverged: training loss became nan at epoch 1, batch 3", "pruned: epoch 2",
+                   "killed", "interrupted", None, "ValueError: bad", "results.json says status x"):
+        trial = study.ask()
+        if reason is not None:
+            trial.set_user_attr("reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+    assert count_failures(study) == 2  # the ValueError and the unreadable status

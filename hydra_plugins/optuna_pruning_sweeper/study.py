@@ -87,10 +87,15 @@ def lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 trial.number, trial.user_attrs.get("worker", "?"))
 
 
+# Reasons of FAIL trials that are not failures: killed with their sweep, lost by heartbeat (no
+# reason recorded), and pruned or diverged in a study of several objectives (Optuna prunes
+# single-objective studies only, so those are FAIL)
+_NOT_FAILURES = ("killed", "interrupted", "lost", "pruned", "diverged")
+
+
 def count_failures(study: optuna.Study) -> int:
-    """Failed trials of the whole study, all workers; trials killed with their sweep and trials
-    whose worker died (failed by heartbeat, so without a reason) do not count."""
-    return sum(t.user_attrs.get("reason", "lost") not in ("killed", "interrupted", "lost")
+    """Failed trials of the whole study, all workers, but for those of `_NOT_FAILURES`."""
+    return sum(t.user_attrs.get("reason", "lost").split(":")[0] not in _NOT_FAILURES
                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
 
