@@ -83,7 +83,8 @@ class TrainerConfig:
     compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA graphs)
     # | max-autotune | max-autotune-no-cudagraphs (longer compiles; see README, "On a GPU")
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
-    ema: float = 0.0  # per-step decay of an average of the weights used for evaluation (0 = off)
+    ema: float = 0.0  # per-step decay of an average of the weights used for evaluation (0 = off;
+    # it warms up: min(ema, (1 + n) / (10 + n)) at step n)
     tta: bool = False  # evaluate on each image and its mirror image, averaging the predictions
     eval_batch_size: int = 1024  # images per forward pass when evaluating
     log_every: int = 2000  # print "[epoch, batch] loss" every this many batches (0 = never)

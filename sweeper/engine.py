@@ -215,10 +215,26 @@ def _not_cuda_runtime(record: logging.LogRecord) -> bool:
 
 
 def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of `model`'s weights and BN statistics, updated per step."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    """An exponential moving average of `model`'s weights and BN statistics, updated per step.
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    Its decay warms up as TensorFlow's ExponentialMovingAverage's does, min(decay, (1 + n) /
+    (10 + n)) at the n-th update: with a constant 0.999 a 64-step run evaluated an average that
+    was still 94 % its weights after the first step, near chance.
+    """
+    from torch.optim.swa_utils import AveragedModel
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor):
+        if not torch.is_floating_point(averaged[0]):  # BN's num_batches_tracked: a count
+            torch._foreach_copy_(averaged, current)
+            return
+        # a tensor on the model's device: no synchronisation with a GPU per step
+        weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay).to(averaged[0].dtype)
+        deltas = torch._foreach_sub(current, averaged)
+        torch._foreach_mul_(deltas, weight)
+        torch._foreach_add_(averaged, deltas)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 @torch.inference_mode()

@@ -92,15 +92,26 @@ def test_an_exception_from_the_epoch_callback_is_recorded_and_raised(tiny_cfg, t
     assert results["status"] == "pruned" and results["epochs_completed"] == 1
 
 
-def test_tta_and_ema_evaluate_an_other_model_of_the_same_run(tiny_cfg, tmp_path):
+def test_tta_and_ema_evaluate_an_other_model_of_the_same_run(tiny_cfg, tmp_path, monkeypatch):
     import torch
 
+    import sweeper.engine as engine
+
     plain = train(tiny_cfg, out_dir=tmp_path / "plain")
+    real_evaluate, asked = engine.evaluate, []
+
+    def evaluate(model, data, mean, std, batch_size, amp, channels_last, tta):
+        asked.append(tta)
+        return real_evaluate(model, data, mean, std, batch_size, amp, channels_last, tta)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
     tiny_cfg.trainer.tta = True
     tta = train(tiny_cfg)
     # same training, so same loss; evaluation differs (mirror images averaged in)
     assert tta.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
     assert tta.status == "completed" and 0 <= tta.val_acc <= 1
+    assert asked and all(asked)  # every validation and the test pass, with mirror images
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
     tiny_cfg.trainer.tta, tiny_cfg.trainer.ema = False, 0.9
     ema = train(tiny_cfg, out_dir=tmp_path / "ema")
     assert ema.history[-1]["train/loss"] == plain.history[-1]["train/loss"]
@@ -109,6 +120,30 @@ def test_tta_and_ema_evaluate_an_other_model_of_the_same_run(tiny_cfg, tmp_path)
     a, b = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("plain", "ema"))
     assert a.keys() == b.keys()
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_the_weight_average_warms_up():
+    """With a constant decay of 0.999 a short run's average stayed mostly its first weights."""
+    import torch
+
+    from sweeper.engine import build_ema
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = build_ema(model, 0.999)
+    ema.update_parameters(model)  # the first update copies
+    first = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    for _ in range(20):
+        ema.update_parameters(model)
+    # a constant 0.999 would leave 98 % of the first weights; the warm-up leaves under 1e-6
+    assert torch.allclose(ema.module[0].weight, first + 1.0, atol=1e-5)
+    for _ in range(10000):  # the decay reaches its setting: 0.999, not the warm-up's 0.9999...
+        ema.update_parameters(model)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update_parameters(model)
+    assert torch.allclose(ema.module[0].weight, first + 1.001, atol=1e-5)
 
 
 def test_evaluate_with_tta_is_mirror_invariant():

@@ -38,8 +38,9 @@ def test_every_block_has_its_own_weights():
         width = 8 * 2 ** stage
         block = 2 * (9 * width * width) + 4 * width  # two 3x3 convs and two BNs
         assert count_parameters(model) == base + 2 * block
-        ids = {id(p) for p in model.parameters()}
-        assert len(ids) == len(list(model.parameters()))
+        # parameters() lists a shared tensor once: count every module's own references
+        every = [p for _, p in model.named_parameters(remove_duplicate=False)]
+        assert len({id(p) for p in every}) == len(every)
 
 
 def test_stride_and_projection_at_the_start_of_stages_2_to_4():
