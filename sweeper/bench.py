@@ -54,7 +54,7 @@ from sweeper.data import FOLDER, load_cifar10, missing_file, split
 from sweeper.device import autocast_dtype, cpu_info, describe, resolve_device
 from sweeper.engine import train
 from sweeper.errors import ConfigError, DataError, SweeperError
-from sweeper.outputs import nearest_existing, probe_write
+from sweeper.outputs import nearest_existing, probe_write, write_atomic
 from sweeper.reference import LR, reference_in_child
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or ROOT / "benchmarks" / (
         f"{report['device'].split()[0]}-{datetime.now():%Y%m%d-%H%M%S}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**report, "args": sys.argv[1:]}, indent=2) + "\n")
+    write_atomic(out, json.dumps({**report, "args": sys.argv[1:]}, indent=2) + "\n")
     print(table(report))
     print(f"wrote {out}")
 

@@ -32,7 +32,7 @@ from sweeper.device import (
 )
 from sweeper.errors import ConfigError
 from sweeper.model import build_model, count_parameters, use_forward_weight_grads
-from sweeper.outputs import writable_dir
+from sweeper.outputs import writable_dir, write_atomic
 from sweeper.schedule import lr_at
 from sweeper.tracking import NullTracker
 
@@ -275,9 +275,7 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor) -> dict[str, f
 
 def write_json(path: Path, payload: dict) -> None:
     """Write atomically: a reader sees the old file or the whole new one, never half of it."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def train(cfg, out_dir: Path | None = None, tracker=None,

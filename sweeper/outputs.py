@@ -7,6 +7,7 @@ conf/config.yaml) turns it into one line and exit status 1 first.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,20 @@ from sweeper.errors import SweeperError
 def nearest_existing(path: Path) -> Path:
     """`path`, or its nearest ancestor that exists: the folder a new `path` would be made in."""
     return next(p for p in (path, *path.parents) if p.exists())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader (or a run killed mid-write) sees the old file or the
+    whole new one, never a part: a temporary file of its own name (workers may write the same
+    path), then a rename."""
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as f:
+        f.write(text)
+    try:
+        os.replace(f.name, path)
+    except BaseException:
+        os.unlink(f.name)
+        raise
 
 
 def probe_write(folder: Path) -> None:

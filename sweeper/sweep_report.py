@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from sweeper import stores, tracking
 from sweeper.config import absolute_path, absolute_sqlite_url
+from sweeper.outputs import write_atomic
 
 log = logging.getLogger(__name__)
 TrialState = optuna.trial.TrialState
@@ -118,7 +119,7 @@ def finish(study: optuna.Study, sweeper: Any, sweep_dir: Path, parent) -> None:
                    "solutions": [{"trial": t.number, "params": t.params, "values": t.values}
                                  for t in study.best_trials if not _repeat(t)]}
     results_path = sweep_dir / "optimization_results.yaml"
-    OmegaConf.save(OmegaConf.create(results), results_path)
+    write_atomic(results_path, OmegaConf.to_yaml(OmegaConf.create(results)))
     log.info("%s", summary_table(study, sweeper.objectives))
     files = [results_path]
     if len(study.directions) == 1:
@@ -191,12 +192,12 @@ def write_best_preset(sweep_dir: Path, best: optuna.trial.FrozenTrial, study_nam
     cfg.tracking.uri = absolute_sqlite_url(OmegaConf.select(cfg, "tracking.uri"))
     preset = sweep_dir / "experiment" / "best.yaml"
     preset.parent.mkdir(exist_ok=True)
-    preset.write_text(f"# @package _global_\n# Trial {best.number} of study '{study_name}', "
-                      f"value {best.value}\n"
-                      + OmegaConf.to_yaml(cfg))
+    # whole or not at all: a preset cut short would compose, with defaults for the missing keys
+    write_atomic(preset, f"# @package _global_\n# Trial {best.number} of study '{study_name}', "
+                 f"value {best.value}\n" + OmegaConf.to_yaml(cfg))
     command = ("python -m sweeper.train "
                + shlex.quote(f"hydra.searchpath=[file://{sweep_dir}]") + " experiment=best")
-    (sweep_dir / "best_command.txt").write_text(command + "\n")
+    write_atomic(sweep_dir / "best_command.txt", command + "\n")
     return preset, command
 
 

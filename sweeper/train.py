@@ -25,7 +25,7 @@ from sweeper import checkpoint
 from sweeper.config import absolute_sqlite_url, register
 from sweeper.engine import completed_earlier, preflight, run_status, train
 from sweeper.errors import ConfigError, SweeperError, first_line, from_mlflow
-from sweeper.outputs import restore_earlier_snapshot
+from sweeper.outputs import restore_earlier_snapshot, write_atomic
 from sweeper.overrides import check_overrides
 from sweeper.stores import TrackingError, redact
 from sweeper.tracking import open_tracker
@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> float:
         try:
             with open_tracker(cfg, run_name=cfg.tracking.run_name,
                               parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
-                (out_dir / "config.yaml").write_text(redact_yaml(cfg))  # once the store has opened
+                write_atomic(out_dir / "config.yaml", redact_yaml(cfg))  # once the store has opened
                 started = True
                 try:
                     result = train(cfg, out_dir=out_dir, tracker=tracker, on_epoch=on_epoch)
@@ -181,7 +181,7 @@ def _mask_hydra_files(out_dir: Path, hydra_cfg: DictConfig, multirun: bool) -> N
         try:
             text = path.read_text()
             if redact(text) != text:
-                path.write_text(redact(text))
+                write_atomic(path, redact(text))
         except OSError:
             pass  # not there, or not ours to change: nothing to mask
 

@@ -306,3 +306,21 @@ def test_overrides_after_a_flag_are_checked_too(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}")
     assert not (tmp_path / "sweep").exists()
+
+
+def test_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """results.json, config.yaml, a sweep's best.yaml and the bench's JSON are written this way: a
+    kill or a full disk mid-write keeps the old file (a best.yaml cut short would still compose)."""
+    from sweeper import outputs
+
+    path = tmp_path / "best.yaml"
+    outputs.write_atomic(path, "a: 1\n")
+    assert path.read_text() == "a: 1\n"
+
+    def no_space(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "replace", no_space)
+    with pytest.raises(OSError):
+        outputs.write_atomic(path, "a: 2\nb: 3\n")
+    assert path.read_text() == "a: 1\n" and [p.name for p in tmp_path.iterdir()] == ["best.yaml"]
