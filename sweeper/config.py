@@ -87,7 +87,8 @@ class TrainerConfig:
     # it warms up: min(ema, (1 + n) / (10 + n)) at step n)
     tta: bool = False  # evaluate on each image and its mirror image, averaging the predictions
     eval_batch_size: int = 1024  # images per forward pass when evaluating
-    log_every: int = 2000  # print "[epoch, batch] loss" every this many batches (0 = never)
+    log_every: int = 50  # print "[epoch, batch] loss" every this many batches (0 = never; the
+    # seed printed every 2000, as experiment=seed does)
     save_model: bool = True  # write the final weights to model.pt in the run's output directory
     checkpoint: bool = True  # write checkpoint.pt to the output directory after every epoch
     # (removed once the run completes); see resume

@@ -47,7 +47,7 @@ EpochCallback = Callable[[int, dict], None]
 
 @dataclass
 class Result:
-    status: str  # completed | diverged | interrupted | failed
+    status: str  # running | completed | diverged | pruned (a sweep's pruner) | interrupted | failed
     val_acc: float | None = None  # accuracy on the held-out validation split, 0..1
     test_acc: float | None = None
     test_acc_per_class: dict = field(default_factory=dict)
@@ -358,6 +358,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
     ckpt_path = out_dir / checkpoint.FILE if out_dir is not None else None
     parts = {"model": model, "optimizer": optimizer, "scaler": scaler, "ema": ema}
     step = 0
+    timed = 0  # images of the steps train_time_s covers: all but each process's first
     if tr.resume:
         if ckpt_path is None:
             raise ConfigError("trainer.resume=true is invalid here: it needs the run's output "
@@ -367,7 +368,8 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             step = checkpoint.restore(ckpt_path, state, parts, gen)
             result.history, result.train_time_s = state["history"], state["train_time_s"]
             result.epochs_completed, result.val_acc = state["epoch"], result.history[-1]["val/acc"]
-            result.images_per_s = state["images"] / max(result.train_time_s, 1e-9)
+            timed = state["images"]
+            result.images_per_s = timed / max(result.train_time_s, 1e-9)
             for h in result.history:  # the resumed run's record starts complete
                 tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
             tracker.resumes(state.get("tracking_run_id"))
@@ -449,8 +451,9 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             result.history.append({"epoch": epoch, **metrics})
             tracker.log_metrics(metrics, step=epoch)
             result.epochs_completed, result.val_acc = epoch, metrics["val/acc"]
-            trained = epoch * per_epoch - min(tr.batch_size, per_epoch)  # after the first step
-            result.images_per_s = trained / result.train_time_s if trained else 0.0
+            # this process's first step (which may compile) is not timed: its images not counted
+            timed += per_epoch - (min(tr.batch_size, per_epoch) if epoch == first_epoch else 0)
+            result.images_per_s = timed / result.train_time_s if timed else 0.0
             # what is left at this process's pace since its first step (which may have compiled),
             # evaluation included
             steps_since = (epoch - first_epoch + 1) * steps_per_epoch - 1
@@ -464,7 +467,7 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
             if ckpt_path is not None and tr.checkpoint:
                 checkpoint.save(ckpt_path, checkpoint.snapshot(
                     cfg, runtime, parts, gen, epoch=epoch, step=step, history=result.history,
-                    train_time_s=result.train_time_s, images=epoch * per_epoch,
+                    train_time_s=result.train_time_s, images=timed,
                     tracking_run_id=tracker.run_id))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)

@@ -47,6 +47,9 @@ def test_resume_after_an_interruption_ends_like_an_uninterrupted_run(tiny_cfg, t
     assert [h["train/loss"] for h in resumed.history] == [h["train/loss"] for h in whole.history]
     assert resumed.val_acc == whole.val_acc and resumed.test_acc == whole.test_acc
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
+    # each process's first step is left out of the time, and its images out of the count
+    timed = resumed.images_per_s * resumed.train_time_s
+    assert timed == pytest.approx(whole.images_per_s * whole.train_time_s - 32)  # one batch
 
 
 def test_resume_without_a_checkpoint_starts_from_scratch(tiny_cfg, tmp_path):
