@@ -209,6 +209,9 @@ def validate(cfg: Any) -> None:
     _require(0 <= tr.ema < 1, "trainer.ema", "a decay in [0, 1) (0 = off), e.g. 0.99", tr.ema)
     _require(tr.log_every >= 0, "trainer.log_every", "an int >= 0 (0 = never)", tr.log_every)
 
+    name = cfg.tracking.experiment
+    _require(not cfg.tracking.enabled or bool(name and name.strip()), "tracking.experiment",
+             "an MLflow experiment name, not empty", name)
     uri = str(cfg.tracking.uri)
     scheme, sep, _ = uri.partition("://")  # shown without the rest: it may hold a password
     _require(not cfg.tracking.enabled or scheme.partition("+")[0] in TRACKING_SCHEMES,

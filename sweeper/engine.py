@@ -449,7 +449,6 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                 "images_per_s": per_epoch / epoch_s,
             }
             result.history.append({"epoch": epoch, **metrics})
-            tracker.log_metrics(metrics, step=epoch)
             result.epochs_completed, result.val_acc = epoch, metrics["val/acc"]
             # this process's first step (which may compile) is not timed: its images not counted
             timed += per_epoch - (min(tr.batch_size, per_epoch) if epoch == first_epoch else 0)
@@ -469,6 +468,9 @@ def train(cfg, out_dir: Path | None = None, tracker=None,
                     cfg, runtime, parts, gen, epoch=epoch, step=step, history=result.history,
                     train_time_s=result.train_time_s, images=timed,
                     tracking_run_id=tracker.run_id))
+            # after the checkpoint: an epoch a lost tracking store failed to record is kept, and
+            # recorded by the resumed run with the rest of the history
+            tracker.log_metrics(metrics, step=epoch)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
         # inside the try: a stop or a full disk here is recorded as for any epoch

@@ -106,9 +106,11 @@ def main(cfg: DictConfig) -> float:
             ckpt = out_dir / checkpoint.FILE
             resume = (f"; run the same command with trainer.resume=true to continue from {ckpt}"
                       if ckpt.is_file() else "")
-            print(f"interrupted: results.json says status: interrupted{resume}", file=sys.stderr)
+            message = f"interrupted: results.json says status: interrupted{resume}"
         else:
-            print("interrupted before training started: no results.json", file=sys.stderr)
+            message = "interrupted before training started: no results.json"
+        print(message, file=sys.stderr)
+        _to_log_file(message)  # train.log says why it ends there
         sys.exit(130)
     if result.status == "diverged" and not multirun:
         print(f"error: diverged: {result.message}", file=sys.stderr)
@@ -152,7 +154,7 @@ def tracking_lost(error: Exception, out_dir: Path) -> TrackingError:
     """A one-line error for a run whose tracking store stopped answering after the run began
     (MLflow reports it over many lines, with the HTTP client's retries): what is kept, and how
     to go on."""
-    cause = redact(first_line(error)[:300])
+    cause = shorten(redact(first_line(error)), 300)
     status = run_status(out_dir)
     if status == "completed":
         kept = ("training completed (results.json, model.pt in the run's folder), but MLflow has "
@@ -163,6 +165,14 @@ def tracking_lost(error: Exception, out_dir: Path) -> TrackingError:
     else:
         kept = f"the run stopped ({status or 'no results.json'})"
     return TrackingError(f"the MLflow tracking store stopped answering ({cause}); {kept}")
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text`, or its start and its end (where an HTTP client puts the cause) within `limit`."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 def redact_yaml(cfg: DictConfig) -> str:

@@ -229,6 +229,7 @@ def test_ctrl_c_leaves_a_run_marked_interrupted(cifar_root, tmp_path):
         f"trainer.resume=true to continue from {run_dir / 'checkpoint.pt'}")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "interrupted" and 1 <= results["epochs_completed"] < 500
+    assert log.read_text().rstrip().endswith(err.strip().splitlines()[-1])  # the log says why too
 
 
 @pytest.mark.parametrize("sweep, message", [

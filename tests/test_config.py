@@ -105,6 +105,8 @@ def test_an_unknown_group_option_fails_naming_the_options():
     ("tracking.uri=bogus://x", "tracking.uri"),
     ("tracking.uri=file:///tmp/mlruns", "tracking.uri"),
     ("tracking.uri=mlruns", "tracking.uri"),
+    ("tracking.experiment=", "tracking.experiment"),  # was blamed on tracking.uri, in MLflow's words
+    ("tracking.experiment=' '", "tracking.experiment"),
 ])
 def test_validate_names_the_field_and_what_is_allowed(override, field):
     cfg = compose_cfg([override])

@@ -190,6 +190,42 @@ def test_a_lost_tracking_store_says_what_the_run_kept(tmp_path):
         "recorded all of it")
 
 
+def test_a_long_cause_keeps_its_end_where_the_http_client_names_it(tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from sweeper.train import tracking_lost
+
+    gone = MlflowException(
+        "API request to http://u:pw@127.0.0.1:5055/api/2.0/mlflow/runs/log-batch failed with "
+        "exception HTTPConnectionPool(host='127.0.0.1', port=5055): Max retries exceeded with url: "
+        "/api/2.0/mlflow/runs/log-batch (Caused by NewConnectionError('<urllib3.connection."
+        "HTTPConnection object at 0x7f3b2c1d5e50>: Failed to establish a new connection: [Errno 111]"
+        " Connection refused'))")
+    message = str(tracking_lost(gone, tmp_path))
+    cause = message[message.index("(") + 1:message.rindex("); the run stopped")]
+    assert len(cause) <= 300 and " ... " in cause
+    assert cause.startswith("API request to http://u:***@127.0.0.1:5055/api/2.0/mlflow/runs/")
+    assert cause.endswith("[Errno 111] Connection refused'))")
+
+
+def test_an_epoch_the_tracking_store_failed_to_record_is_kept_in_the_checkpoint(tiny_cfg, tmp_path):
+    """Metrics are sent after the epoch's checkpoint: a store lost at the end of epoch 1 cost that
+    epoch (the run stopped before its checkpoint), though a resume records it with the rest."""
+    import torch
+
+    from sweeper.engine import train
+    from sweeper.tracking import NullTracker
+
+    class LostStore(NullTracker):
+        def log_metrics(self, metrics, step):
+            raise ConnectionError("the tracking store stopped answering")
+
+    with pytest.raises(ConnectionError):
+        train(tiny_cfg, out_dir=tmp_path, tracker=LostStore())
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert json.loads((tmp_path / "results.json").read_text())["epochs_completed"] == 1
+
+
 def test_artifacts_go_beside_the_sqlite_file_not_into_the_launch_directory(
         cifar_root, mlflow_uri, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
