@@ -1005,3 +1005,57 @@ def test_pruned_and_diverged_trials_of_a_two_objective_study_are_not_failures():
             trial.set_user_attr("reason", reason)
         study.tell(trial, state=TrialState.FAIL)
     assert count_failures(study) == 2  # the ValueError and the unreadable status
+
+
+@pytest.mark.parametrize("then, now, message", [
+    ("optimizer.lr=tag(log,interval(0.01,1.0))", "optimizer.lr=interval(0.01,1.0)",
+     "searched optimizer.lr in [0.01, 1] log; this command searches it in [0.01, 1], which Optuna "
+     "cannot add to the same study (a range keeps its kind, ints or floats, and its scale, log or "
+     "not): search it as before"),
+    ("model.width=choice(4,8)", "model.width=choice(4,6)",
+     "searched model.width in {4, 8}; this command searches it in {4, 6}, which Optuna cannot add "
+     "to the same study (choices, once searched, stay the same)"),
+])
+def test_a_resumed_study_refuses_a_key_searched_in_a_way_optuna_cannot_add(cifar_root, tmp_path,
+                                                                          then, now, message):
+    """Optuna refuses such a trial only once it is created: the sweep ended in a traceback and
+    left the trial RUNNING for good, counted against n_trials."""
+    first = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", then, n_trials=1), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", now, n_trials=2), tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stdout + again.stderr
+    assert again.stderr.strip().splitlines()[-1].startswith(f"error: study 'smoke' {message}")
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.COMPLETE]
+
+
+def test_a_job_its_launcher_lost_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    """submitit raises when a cluster's job was killed (out of memory, preempted, time limit): the
+    sweep ended there, and the trial's reason (interrupted) hid it from max_failure_rate."""
+    def launch(job_overrides, initial_job_idx):
+        raise RuntimeError("Job 123 (task: 0) with path .submitit/123 has not produced any output\n"
+                           "Error stream produced:\n...")
+
+    swept, study, trial = _one_trial_sweeper(tmp_path, launch)
+    swept._run_trial(study, trial, [], None)  # no exception: the sweep goes on
+    [frozen] = study.trials
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["reason"] == (
+        "RuntimeError: Job 123 (task: 0) with path .submitit/123 has not produced any output")
+    from hydra_plugins.optuna_pruning_sweeper.study import count_failures
+    assert count_failures(study) == 1 and swept._running is None
+
+
+def test_an_outcome_for_a_trial_another_worker_ended_is_passed_over(tmp_path, monkeypatch):
+    """Another worker failed the trial (its heartbeats were late): recording where it ran raised
+    UpdateFinishedTrialError, before tell() could pass it over, and the sweep died."""
+    from sweeper import sweep_report
+
+    def launch(job_overrides, initial_job_idx):
+        study.tell(trial, state=TrialState.FAIL)  # another worker's stale-trial check
+        return [None]
+
+    monkeypatch.setattr(sweep_report, "results_of", lambda ret: {
+        "status": "completed", "val/acc": 0.5, "precision": "fp32", "device": "cpu (2 threads)"})
+    swept, study, trial = _one_trial_sweeper(tmp_path, launch)
+    swept._run_trial(study, trial, [], None)
+    [frozen] = study.trials
+    assert frozen.state == TrialState.FAIL and swept._running is None

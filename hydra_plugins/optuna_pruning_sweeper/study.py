@@ -99,6 +99,16 @@ def count_failures(study: optuna.Study) -> int:
                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
 
+def set_attr(trial: optuna.Trial, key: str, value) -> None:
+    """trial.set_user_attr, except that a trial another worker has already ended (its heartbeats
+    stopped arriving for a while) is passed over, as tell() passes it over: the attribute is lost,
+    not the sweep."""
+    try:
+        trial.set_user_attr(key, value)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        log.debug("trial %d has ended: user attribute %s not set", trial.number, key)
+
+
 def tell(study: optuna.Study, trial, values=None, state=None) -> None:
     """study.tell, except that GridSampler's `study.stop()` once the grid is used up is harmless
     here (the sweep already stops at n_trials, capped to the grid size); the tell itself is stored."""

@@ -41,6 +41,7 @@ from hydra_plugins.optuna_pruning_sweeper.study import (
     fail_stale_trials,
     heartbeat,
     lost,
+    set_attr,
     study_lock,
     tell,
 )
@@ -303,6 +304,16 @@ class OptunaPruningSweeper(Sweeper):
                              f"this command searches {', '.join(sorted(space))}: run it with the "
                              f"study's search space, or start a new study with "
                              f"hydra.sweeper.study_name=<another name>")
+        for key, dist in space.items():  # what Optuna refuses only once a trial is created
+            before = next((t.distributions[key] for t in reversed(study.get_trials(deepcopy=False))
+                           if key in t.distributions), None)
+            if before is not None and not _compatible(before, dist):
+                [then], [now] = _ranges({key: before}).values(), _ranges({key: dist}).values()
+                raise ConfigError(
+                    f"study '{self.study_name}' searched {key} in {then}; this command searches it "
+                    f"in {now}, which Optuna cannot add to the same study ({_incompatibility(before)}"
+                    f"): search it as before, or start a new study with "
+                    f"hydra.sweeper.study_name=<another name>")
         ranges, ranges_before = _ranges(space), study.user_attrs.get("ranges") or {}
         if changed := [k for k in sorted(ranges) if ranges_before.get(k, ranges[k]) != ranges[k]]:
             log.warning("study '%s' searched %s; this run searches %s: new trials come from the new "
@@ -540,14 +551,25 @@ class OptunaPruningSweeper(Sweeper):
                     overrides.append(f"tracking.parent_run_id={parent.run_id}")
                 log.info("Trial %d: %s", trial.number,
                          " ".join(f"{k}={v}" for k, v in trial.params.items()))
-                with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
-                    [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+                try:
+                    with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
+                        [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+                except Exception as e:  # a cluster's job lost (killed, out of memory, preempted)
+                    ret, lost_job = None, e
+                else:
+                    lost_job = None
                 _stops.install()  # the job set its own handler for SIGTERM
                 _stops.hold()  # a stop from here on is raised once the outcome is recorded
-                self._record_outcome(study, trial, ret)
+                if lost_job is None:
+                    self._record_outcome(study, trial, ret)
+                else:  # a failed trial, counted as one: the sweep goes on to max_failure_rate
+                    reason = f"{type(lost_job).__name__}: {first_line(lost_job)}"
+                    set_attr(trial, "reason", reason)
+                    tell(study, trial, state=TrialState.FAIL)
+                    log.warning("Trial %d: FAIL (%s)", trial.number, reason)
             else:  # never train a configuration twice: reuse its outcome
                 _stops.hold()
-                trial.set_user_attr("duplicate_of", same.number)
+                set_attr(trial, "duplicate_of", same.number)
                 log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number,
                          same.number, trial.params)
                 # a PRUNED trial keeps its last reported value, which a tell of PRUNED refuses
@@ -566,7 +588,7 @@ class OptunaPruningSweeper(Sweeper):
         if len(self.directions) > 1 and state == TrialState.PRUNED:
             state = TrialState.FAIL  # Optuna prunes single-objective studies only
         if reason:
-            trial.set_user_attr("reason", reason)
+            set_attr(trial, "reason", reason)
         tell(study, trial, values if state == TrialState.COMPLETE else None, state=state)
         log.info("Trial %d: %s%s", trial.number, state.name,
                  f" {values}" if state == TrialState.COMPLETE else f" ({reason})")
@@ -579,8 +601,8 @@ class OptunaPruningSweeper(Sweeper):
         precision = results.get("precision")
         if not precision:
             return
-        trial.set_user_attr("precision", precision)
-        trial.set_user_attr("device", results.get("device", ""))
+        set_attr(trial, "precision", precision)
+        set_attr(trial, "device", results.get("device", ""))
         others = {t.user_attrs.get("precision") for t in study.get_trials(deepcopy=False)
                   if t.number != trial.number} - {None, precision}
         if others:
@@ -702,7 +724,7 @@ def _fail_stopped(study: optuna.Study, trial: optuna.Trial, error: BaseException
     _stops.hold()
     try:
         _free_frames(error)
-        trial.set_user_attr("reason", "interrupted")
+        set_attr(trial, "reason", "interrupted")
         tell(study, trial, state=TrialState.FAIL)
     finally:
         _stops.drop()
@@ -782,6 +804,22 @@ def _ranges(space: dict) -> dict[str, str]:
             out[key] = f"[{dist.low:g}, {dist.high:g}]" + (" log" if dist.log else "") + (
                 f" step {dist.step:g}" if dist.step else "")
     return out
+
+
+def _compatible(before, now) -> bool:
+    """Whether a study whose trials searched a key with `before` can take trials of `now`: the
+    same kind (ints, floats, choices), the same log scale, the same choices (Optuna's rule)."""
+    if type(before) is not type(now):
+        return False
+    if isinstance(before, optuna.distributions.CategoricalDistribution):
+        return before.choices == now.choices
+    return before.log == now.log
+
+
+def _incompatibility(before) -> str:
+    if isinstance(before, optuna.distributions.CategoricalDistribution):
+        return "choices, once searched, stay the same"
+    return "a range keeps its kind, ints or floats, and its scale, log or not"
 
 
 def _ends(dist) -> tuple:
