@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -591,6 +592,7 @@ def test_n_jobs_helpers_are_supervised(cifar_root, tmp_path):
     assert time.monotonic() - killed_at < 60
     killed = study_of(tmp_path).trials[trial]
     assert killed.state == TrialState.FAIL and killed.user_attrs["reason"] == "killed"
+    assert f"Worker 1 exited with status {-signal.SIGKILL}" in out
     # resumed with two more trials: SIGKILL the main process while both run one
     main = popen([sys.executable, "-m", "sweeper.train", *args, "hydra.sweeper.n_trials=4"])
     helper, trial = _helper_running(main, tmp_path)
@@ -1059,3 +1061,15 @@ def test_an_outcome_for_a_trial_another_worker_ended_is_passed_over(tmp_path, mo
     swept._run_trial(study, trial, [], None)
     [frozen] = study.trials
     assert frozen.state == TrialState.FAIL and swept._running is None
+
+
+def test_a_dead_workers_trial_fails_by_the_end_without_heartbeats(tmp_path):
+    """heartbeat_s=0: the end of a sweep waited for no trial and failed none, so a dead helper's
+    trial stayed RUNNING, and the summary counted no failure."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    swept, study, trial = _one_trial_sweeper(tmp_path, lambda job_overrides, initial_job_idx: [None])
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{dead.pid}")
+    swept._wait_for_other_workers(study, None)
+    [frozen] = study.trials
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["reason"] == "killed"

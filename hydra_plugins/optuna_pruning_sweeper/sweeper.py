@@ -462,8 +462,10 @@ class OptunaPruningSweeper(Sweeper):
                         f"{failures} trials failed in this run, more than hydra.sweeper."
                         f"max_failure_rate={self.max_failure_rate} of {self.n_trials} allows; see "
                         f"{sweep_dir}/*/train.log")
-            for proc in helpers:
-                proc.wait()
+            for i, proc in enumerate(helpers, 1):
+                if proc.wait():  # its trial, if it left one RUNNING, is failed below
+                    log.warning("Worker %d exited with status %d; its output: %s", i,
+                                proc.returncode, sweep_dir / f"worker-{i}.log")
             if not worker:
                 self._wait_for_other_workers(study, parent)
         except BaseException as e:
@@ -490,16 +492,15 @@ class OptunaPruningSweeper(Sweeper):
     def _wait_for_other_workers(self, study: optuna.Study, parent) -> None:
         """Until every heartbeating trial of the study has ended or lost its heartbeat: the
         results are then complete, and the MLflow runs of lost trials are marked KILLED. Trials
-        of workers without heartbeats (heartbeat_s=0) are not waited for."""
-        if not self._heartbeats():
-            return
-
+        of workers without heartbeats (heartbeat_s=0) are not waited for, but those of a dead
+        worker of this machine are failed all the same."""
         def others():
             with study_lock(self.storage), _quiet():
                 fail_stale_trials(study)  # a dead worker of this machine: its trial fails now
-                optuna.storages.fail_stale_trials(study)  # of another machine: by heartbeat
+                if self._heartbeats():
+                    optuna.storages.fail_stale_trials(study)  # of another machine: by heartbeat
             return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                    if t.user_attrs.get("heartbeat_s")]
+                    if t.user_attrs.get("heartbeat_s") and self._heartbeats()]
 
         running = others()
         if running:
@@ -514,6 +515,7 @@ class OptunaPruningSweeper(Sweeper):
     def _ask(self, study: optuna.Study, space: dict) -> optuna.Trial | None:
         """A new trial, or None once the study holds n_trials (atomic across workers)."""
         with study_lock(self.storage):
+            fail_stale_trials(study)  # trials of a dead worker of this machine (a helper, say)
             with _quiet():
                 optuna.storages.fail_stale_trials(study)  # trials whose worker stopped beating
             n = len(study.get_trials(deepcopy=False))
