@@ -1073,3 +1073,17 @@ def test_a_dead_workers_trial_fails_by_the_end_without_heartbeats(tmp_path):
     swept._wait_for_other_workers(study, None)
     [frozen] = study.trials
     assert frozen.state == TrialState.FAIL and frozen.user_attrs["reason"] == "killed"
+
+
+def test_a_study_keeps_the_heartbeat_of_its_first_run(cifar_root, tmp_path):
+    """Each worker fails trials that missed 3 of its own beats: one started with heartbeat_s=10
+    failed the healthy trials of workers beating every 60 s after 30 s."""
+    first = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", n_trials=1), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = sweep(sweep_args(cifar_root, tmp_path, "trainer.epochs=1", "hydra.sweeper.heartbeat_s=10",
+                             n_trials=2), tmp_path)
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1] == (
+        "error: study 'smoke' runs with hydra.sweeper.heartbeat_s=60; this command has 10: every "
+        "worker fails a trial that missed 3 of its own beats, so all of them need the same; use "
+        "hydra.sweeper.heartbeat_s=60")
+    assert len(study_of(tmp_path).trials) == 1

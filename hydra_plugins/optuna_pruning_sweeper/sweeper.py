@@ -295,6 +295,12 @@ class OptunaPruningSweeper(Sweeper):
             raise ConfigError(f"study '{self.study_name}' was run with {then}; this command has "
                              f"{now}: run it with the study's settings, or start a new study with "
                              f"hydra.sweeper.study_name=<another name>")
+        beat = study.user_attrs.get("heartbeat_s", self.heartbeat_s)
+        if beat != self.heartbeat_s:  # each worker fails others' trials after 3 of its own beats
+            raise ConfigError(
+                f"study '{self.study_name}' runs with hydra.sweeper.heartbeat_s={beat}; this command "
+                f"has {self.heartbeat_s}: every worker fails a trial that missed 3 of its own beats, "
+                f"so all of them need the same; use hydra.sweeper.heartbeat_s={beat}")
         searched_before = study.user_attrs.get("searched")
         if searched_before is None:  # recorded since; older studies: what their trials searched
             searched_before = sorted({k for t in study.get_trials(deepcopy=False)
@@ -321,12 +327,13 @@ class OptunaPruningSweeper(Sweeper):
                         ", ".join(f"{k} in {ranges_before[k]}" for k in changed),
                         ", ".join(f"{k} in {ranges[k]}" for k in changed))
 
-    @staticmethod
-    def _record_recipe(study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
+    def _record_recipe(self, study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
         if study.user_attrs.get("recipe") is None:
             study.set_user_attr("recipe", _recipe(job_cfg, space))
         if study.user_attrs.get("searched") is None:
             study.set_user_attr("searched", sorted(space))
+        if study.user_attrs.get("heartbeat_s") is None:
+            study.set_user_attr("heartbeat_s", self.heartbeat_s)
         if study.user_attrs.get("ranges") != (ranges := _ranges(space)):  # the latest, for the next
             study.set_user_attr("ranges", ranges)
 
