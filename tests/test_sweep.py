@@ -1087,3 +1087,45 @@ def test_a_study_keeps_the_heartbeat_of_its_first_run(cifar_root, tmp_path):
         "worker fails a trial that missed 3 of its own beats, so all of them need the same; use "
         "hydra.sweeper.heartbeat_s=60")
     assert len(study_of(tmp_path).trials) == 1
+
+
+def test_an_interrupted_grid_point_runs_again_on_resume(cifar_root, tmp_path):
+    """Optuna's grid sampler takes a FAIL trial's point for visited: the point of a trial stopped
+    by Ctrl-C was never run, whatever n_trials the message suggested."""
+    args = sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
+                      "optimizer.lr=choice(0.05,0.1,0.2)", "hydra.sweeper.pruner.name=none",
+                      "trainer.epochs=20", n_trials=3)
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "multirun" / "0" / "train.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "epoch 1/20" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == (
+        "interrupted: the running trial is FAIL; run the same command to resume study 'smoke', "
+        "which runs its point of the grid again")
+    [stopped] = study_of(tmp_path).trials
+    resumed = sweep(args, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert sorted(t.params["optimizer.lr"] for t in trials[1:]) == [0.05, 0.1, 0.2]
+    assert trials[1].params == stopped.params  # queued first
+
+
+def test_a_grid_resumed_with_more_trials_runs_each_point_once(cifar_root, tmp_path):
+    """The grid's seed orders its points: shifted on resume, as other samplers' seeds are, trial
+    numbers of the second run named other points than the first's (a point twice, one never)."""
+    args = sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
+                      "optimizer.lr=choice(0.05,0.1,0.2)", "model.blocks.0=choice(1,2)",
+                      "hydra.sweeper.pruner.name=none", "trainer.epochs=1")
+    for n_trials in (2, 6):
+        proc = sweep([*args, f"hydra.sweeper.n_trials={n_trials}"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
+    assert not any("duplicate_of" in t.user_attrs for t in trials)

@@ -87,16 +87,41 @@ def lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 trial.number, trial.user_attrs.get("worker", "?"))
 
 
-# Reasons of FAIL trials that are not failures: killed with their sweep, lost by heartbeat (no
-# reason recorded), and pruned or diverged in a study of several objectives (Optuna prunes
-# single-objective studies only, so those are FAIL)
-_NOT_FAILURES = ("killed", "interrupted", "lost", "pruned", "diverged")
+# Reasons of FAIL trials that are not failures: stopped from outside (killed with their sweep,
+# interrupted, lost by heartbeat, which records no reason), and pruned or diverged in a study of
+# several objectives (Optuna prunes single-objective studies only, so those are FAIL)
+_STOPPED = ("killed", "interrupted", "lost")
+_NOT_FAILURES = (*_STOPPED, "pruned", "diverged")
+
+
+def _reason(t: optuna.trial.FrozenTrial) -> str:
+    return t.user_attrs.get("reason", "lost").split(":")[0]
+
+
+def stopped(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether `t` is FAIL because it was stopped from outside, not by its own outcome."""
+    return t.state == TrialState.FAIL and _reason(t) in _STOPPED
 
 
 def count_failures(study: optuna.Study) -> int:
     """Failed trials of the whole study, all workers, but for those of `_NOT_FAILURES`."""
-    return sum(t.user_attrs.get("reason", "lost").split(":")[0] not in _NOT_FAILURES
+    return sum(_reason(t) not in _NOT_FAILURES
                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+
+def requeue_stopped(study: optuna.Study) -> None:
+    """Queue the points of stopped trials that no other trial has covered, to be run again: a
+    grid's sampler takes a FAIL trial's point for visited and never proposes it again."""
+    trials = study.get_trials(deepcopy=False)
+    covered = [t.params for t in trials if not stopped(t)]
+    covered += [t.system_attrs["fixed_params"] for t in trials
+                if t.state == TrialState.WAITING and "fixed_params" in t.system_attrs]
+    for t in trials:
+        if stopped(t) and t.params not in covered:
+            log.info("Trial %d was stopped (%s): its point %s is queued to run again", t.number,
+                     _reason(t), t.params)
+            study.enqueue_trial(t.params)
+            covered.append(t.params)
 
 
 def set_attr(trial: optuna.Trial, key: str, value) -> None:

@@ -41,7 +41,9 @@ from hydra_plugins.optuna_pruning_sweeper.study import (
     fail_stale_trials,
     heartbeat,
     lost,
+    requeue_stopped,
     set_attr,
+    stopped,
     study_lock,
     tell,
 )
@@ -96,6 +98,7 @@ class OptunaPruningSweeper(Sweeper):
         self._running: int | None = None  # the number of the trial this process runs now
         self._fixed_lines: list[str] = []
         self._created_study = False  # whether this process created the study it sweeps
+        self._grid = False  # a grid sampler: each point of the grid once, a stopped one again
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -113,6 +116,9 @@ class OptunaPruningSweeper(Sweeper):
             resume = f"run the same command to resume study '{self.study_name}'"
             if self._running is None:
                 print(f"interrupted between trials: {resume}", file=sys.stderr)
+            elif self._grid:
+                print(f"interrupted: the running trial is FAIL; {resume}, which runs its point of "
+                      f"the grid again", file=sys.stderr)
             else:
                 print(f"interrupted: the running trial is FAIL, and counts as one of the study's "
                       f"{self.n_trials} trials; {resume} (with hydra.sweeper.n_trials="
@@ -240,21 +246,26 @@ class OptunaPruningSweeper(Sweeper):
         """Heartbeats need a database storage (SQLite, PostgreSQL, MySQL)."""
         return bool(self.heartbeat_s) and not self.storage.startswith(("redis", "journal"))
 
-    def _reseed_each_ask(self) -> bool:
+    def _walks_a_sequence(self) -> bool:
         target = str(self.sampler_cfg.get("_target_"))
-        return self.sampler_cfg.get("seed") is not None and not any(
-            name in target for name in ("GridSampler", "QMCSampler"))
+        return any(name in target for name in ("GridSampler", "QMCSampler"))
+
+    def _reseed_each_ask(self) -> bool:
+        return self.sampler_cfg.get("seed") is not None and not self._walks_a_sequence()
 
     def _sampler(self, n_trials: int, space: dict) -> optuna.samplers.BaseSampler:
         """The configured sampler; a seeded one is seeded with seed + the study's trial count.
 
         A resumed sweep thus does not replay its first points. Samplers that walk a sequence (grid,
-        QMC) are made once per process; the others again before every ask (under the study lock),
-        so each trial number gets its own seed: concurrent workers started with the same seed do
-        not propose the same points, and one worker's sweep stays reproducible.
+        QMC) keep their seed and are made once per process; the others again before every ask
+        (under the study lock), so each trial number gets its own seed: concurrent workers started
+        with the same seed do not propose the same points, and one worker's sweep stays
+        reproducible.
         """
         cfg = OmegaConf.to_container(self.sampler_cfg)
-        if cfg.get("seed") is not None:
+        # a sequence's seed orders it (the grid's points, QMC's scrambling) and must stay the same
+        # on resume: shifted, a resumed grid's trial numbers named other points than before
+        if cfg.get("seed") is not None and not self._walks_a_sequence():
             cfg["seed"] += n_trials
         sampler = instantiate(cfg, _execution_whitelist_=(
             "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
@@ -262,6 +273,7 @@ class OptunaPruningSweeper(Sweeper):
             grid = {k: OptunaSweeperImpl._to_grid_sampler_choices(d) for k, d in space.items()}
             sampler = sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+            self._grid = True
         return sampler
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -525,7 +537,12 @@ class OptunaPruningSweeper(Sweeper):
             fail_stale_trials(study)  # trials of a dead worker of this machine (a helper, say)
             with _quiet():
                 optuna.storages.fail_stale_trials(study)  # trials whose worker stopped beating
-            n = len(study.get_trials(deepcopy=False))
+            if self._grid:  # a stopped trial's point is run again; the study ends with each
+                requeue_stopped(study)  # point of the grid tried once, stopped ones not counted
+                n = sum(t.state != TrialState.WAITING and not stopped(t)
+                        for t in study.get_trials(deepcopy=False))
+            else:
+                n = len(study.get_trials(deepcopy=False))
             if n >= self.n_trials:
                 return None
             if self._reseed_each_ask():
