@@ -90,10 +90,18 @@ def progress(parent, study: optuna.Study) -> None:
     parent.log_progress(metrics, tags, step=len(study.trials))
 
 
-def close_parent(parent, error: BaseException) -> None:
-    if parent is not None:
-        parent.end("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED",
-                   f"{type(error).__name__}: {error}")
+def close_parent(parent, error: BaseException, study: optuna.Study) -> None:
+    """End the parent run of a sweep that `error` stopped, unless other workers (of this sweep, or
+    on other machines) still run trials under it: their outcomes are still to be recorded there,
+    and the last of them ends it."""
+    if parent is None:
+        return
+    if running := [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]:
+        log.info("MLflow parent run %s left running: other workers run trial(s) %s", parent.run_id,
+                 running)
+        return
+    parent.end("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED",
+               f"{type(error).__name__}: {error}")
 
 
 def finish(study: optuna.Study, sweeper: Any, sweep_dir: Path, parent) -> None:

@@ -276,6 +276,8 @@ class SweepRun:
             self.client.log_artifact(self.run_id, str(path))
         if message:
             self.client.set_tag(self.run_id, "error", message[:PARAM_MAX_CHARS])
+        elif "error" in self.client.get_run(self.run_id).data.tags:  # what stopped one worker
+            self.client.delete_tag(self.run_id, "error")
         self.client.set_tag(self.run_id, "status", status.lower())
         self.client.set_terminated(self.run_id, status=status)
 

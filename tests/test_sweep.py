@@ -1129,3 +1129,23 @@ def test_a_grid_resumed_with_more_trials_runs_each_point_once(cifar_root, tmp_pa
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
     assert not any("duplicate_of" in t.user_attrs for t in trials)
+
+
+def test_the_parent_run_is_left_to_the_last_worker():
+    """One worker's error or Ctrl-C ended the shared MLflow parent run FAILED or KILLED while the
+    other workers went on recording trials under it."""
+    from sweeper.sweep_report import close_parent
+
+    class Parent:
+        run_id, ended = "p", []
+
+        def end(self, status, message=""):
+            self.ended.append(status)
+
+    study = optuna.create_study()
+    other = study.ask()  # another worker's trial, still running
+    close_parent(Parent(), KeyboardInterrupt(), study)
+    assert Parent.ended == []
+    study.tell(other, 0.5)
+    close_parent(Parent(), KeyboardInterrupt(), study)
+    assert Parent.ended == ["KILLED"]
