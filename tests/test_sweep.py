@@ -370,19 +370,25 @@ def test_a_tracking_server_that_stops_answering_is_one_line(capsys):
     assert "\n" not in err
 
 
-def test_ctrl_c_fails_the_running_trial_and_says_how_to_resume(cifar_root, tmp_path):
-    args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none", "trainer.epochs=50",
-                      n_trials=2)
+def _ctrl_c_in_first_trial(args, tmp_path, epochs: int) -> str:
+    """Run the sweep of `args`, Ctrl-C it once its first trial has trained an epoch; its stderr."""
     proc = subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "multirun" / "0" / "train.log"
     deadline = time.monotonic() + 120
-    while not (log.exists() and "epoch 1/50" in log.read_text()):
+    while not (log.exists() and f"epoch 1/{epochs}" in log.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
+    return err
+
+
+def test_ctrl_c_fails_the_running_trial_and_says_how_to_resume(cifar_root, tmp_path):
+    args = sweep_args(cifar_root, tmp_path, "hydra.sweeper.pruner.name=none", "trainer.epochs=50",
+                      n_trials=2)
+    err = _ctrl_c_in_first_trial(args, tmp_path, epochs=50)
     assert err.strip().splitlines()[-1] == (
         "interrupted: the running trial is FAIL, and counts as one of the study's 2 trials; run the "
         "same command to resume study 'smoke' (with hydra.sweeper.n_trials=3 to replace that trial)")
@@ -1095,16 +1101,8 @@ def test_an_interrupted_grid_point_runs_again_on_resume(cifar_root, tmp_path):
     args = sweep_args(cifar_root, tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
                       "optimizer.lr=choice(0.05,0.1,0.2)", "hydra.sweeper.pruner.name=none",
                       "trainer.epochs=20", n_trials=3)
-    proc = subprocess.Popen([sys.executable, "-m", "sweeper.train", *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "multirun" / "0" / "train.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "epoch 1/20" in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == (
+    err = _ctrl_c_in_first_trial(args, tmp_path, epochs=20)
+    assert err.strip().splitlines()[-1] == (
         "interrupted: the running trial is FAIL; run the same command to resume study 'smoke', "
         "which runs its point of the grid again")
     [stopped] = study_of(tmp_path).trials
