@@ -749,16 +749,22 @@ def _worker(args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _kill_mid_trial(proc, study_name, tmp_path, epochs):
-    """SIGKILL `proc` once it is an epoch into a trial of the study; return that trial's number."""
+def _kill_mid_trial(proc, study_name, tmp_path, epochs, elsewhere=False):
+    """SIGKILL `proc` once it is an epoch into a trial of the study; return that trial's number.
+    `elsewhere`: the trial is first made to look like another machine's, which only its missing
+    heartbeats can tell dead (a worker of this machine is seen dead at the next ask)."""
     deadline = time.monotonic() + 180
     while True:
         with contextlib.suppress(KeyError):
-            for t in optuna.load_study(study_name=study_name, storage=storage(PG)).trials:
+            study = optuna.load_study(study_name=study_name, storage=storage(PG))
+            for t in study.trials:
                 log = tmp_path / "multirun" / str(t.number) / "train.log"
                 if (t.state == TrialState.RUNNING
                         and t.user_attrs.get("worker", "").endswith(f":{proc.pid}")
                         and log.exists() and f"epoch 1/{epochs}" in log.read_text()):
+                    if elsewhere:
+                        optuna.trial.Trial(study, t._trial_id).set_user_attr(
+                            "worker", f"a-machine-gone-for-good:{proc.pid}")
                     proc.kill()
                     proc.wait()
                     return t.number
@@ -818,7 +824,7 @@ def test_a_worker_that_dies_for_good_loses_its_trial_by_heartbeat(cifar_root, ml
 
     try:
         a, b = _worker(args, tmp_path), _worker(args, tmp_path)
-        killed = _kill_mid_trial(b, name, tmp_path, epochs=15)  # and never start it again
+        killed = _kill_mid_trial(b, name, tmp_path, epochs=15, elsewhere=True)  # never restarted
         out, _ = a.communicate(timeout=600)
         assert a.returncode == 0, out[-3000:]
         assert f"Trial {killed} stopped sending heartbeats" in out
