@@ -1153,3 +1153,19 @@ def test_the_parent_run_is_left_to_the_last_worker():
     study.tell(other, 0.5)
     close_parent(Parent(), KeyboardInterrupt(), study)
     assert Parent.ended == ["KILLED"]
+
+
+def test_a_stop_wrapped_by_the_jobs_composition_is_still_a_stop(tmp_path):
+    """A stop landing while Hydra composes the job's config comes out of the launcher wrapped in
+    a ConfigCompositionException: taken for a lost job, it failed the trial as a failure."""
+    def launch(job_overrides, initial_job_idx):
+        try:
+            raise KeyboardInterrupt("SIGUSR1")
+        except KeyboardInterrupt as e:
+            raise RuntimeError("ConfigCompositionException") from e
+
+    swept, study, trial = _one_trial_sweeper(tmp_path, launch)
+    with pytest.raises(KeyboardInterrupt):
+        swept._run_trial(study, trial, [], None)
+    [frozen] = study.trials
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["reason"] == "interrupted"

@@ -117,7 +117,7 @@ def requeue_stopped(study: optuna.Study) -> None:
     covered += [t.system_attrs["fixed_params"] for t in trials
                 if t.state == TrialState.WAITING and "fixed_params" in t.system_attrs]
     for t in trials:
-        if stopped(t) and t.params not in covered:
+        if stopped(t) and t.params and t.params not in covered:  # {}: stopped before its ask ended
             log.info("Trial %d was stopped (%s): its point %s is queued to run again", t.number,
                      _reason(t), t.params)
             study.enqueue_trial(t.params)

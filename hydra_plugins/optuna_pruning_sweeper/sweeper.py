@@ -580,10 +580,13 @@ class OptunaPruningSweeper(Sweeper):
                     overrides.append(f"tracking.parent_run_id={parent.run_id}")
                 log.info("Trial %d: %s", trial.number,
                          " ".join(f"{k}={v}" for k, v in trial.params.items()))
+                stops = _stops.raised
                 try:
                     with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
                         [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
                 except Exception as e:  # a cluster's job lost (killed, out of memory, preempted)
+                    if _stops.raised > stops or _stopped_by(e):  # a stop Hydra or OmegaConf
+                        raise KeyboardInterrupt("stopped") from e  # wrapped (job composition)
                     ret, lost_job = None, e
                 else:
                     lost_job = None
@@ -704,6 +707,7 @@ class _Stops:
     def __init__(self) -> None:
         self.holding, self.pending = False, None
         self.parent_died: int | None = None  # the signal that says so, in a worker
+        self.raised = 0  # stops raised so far: one the code it landed in wrapped is still a stop
 
     def install(self) -> None:  # again before each ask: a trial's job sets its own for SIGTERM
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -735,6 +739,7 @@ class _Stops:
             self._raise(signum)
 
     def _raise(self, signum) -> None:
+        self.raised += 1
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second one ends the process
         if self.parent_died is not None:  # stopping already: the main process's death (again, or
             signal.signal(self.parent_died, signal.SIG_IGN)  # after its Ctrl-C) is no new stop
@@ -757,6 +762,17 @@ def _fail_stopped(study: optuna.Study, trial: optuna.Trial, error: BaseException
         tell(study, trial, state=TrialState.FAIL)
     finally:
         _stops.drop()
+
+
+def _stopped_by(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `error`."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _free_frames(error: BaseException) -> None:
