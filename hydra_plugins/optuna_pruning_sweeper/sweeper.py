@@ -490,9 +490,6 @@ class OptunaPruningSweeper(Sweeper):
         except BaseException as e:
             for proc in helpers:  # the signal of this process's death, which a worker takes once:
                 proc.send_signal(_PARENT_GONE)  # one stopping already (Ctrl-C) fails its trial
-            for proc in helpers:  # their trials failed, the parent run is closed if none runs
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=60)
             try:
                 sweep_report.close_parent(parent, e, study)
             except Exception as err:  # a tracking server that stopped answering: say the first
