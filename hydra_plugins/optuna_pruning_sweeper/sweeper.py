@@ -322,9 +322,9 @@ class OptunaPruningSweeper(Sweeper):
                              f"this command searches {', '.join(sorted(space))}: run it with the "
                              f"study's search space, or start a new study with "
                              f"hydra.sweeper.study_name=<another name>")
+        trials = study.get_trials(deepcopy=False)[::-1]  # read once: the latest first
         for key, dist in space.items():  # what Optuna refuses only once a trial is created
-            before = next((t.distributions[key] for t in reversed(study.get_trials(deepcopy=False))
-                           if key in t.distributions), None)
+            before = next((t.distributions[key] for t in trials if key in t.distributions), None)
             if before is not None and not _compatible(before, dist):
                 [then], [now] = _ranges({key: before}).values(), _ranges({key: dist}).values()
                 raise ConfigError(
