@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from hydra_plugins.optuna_pruning_sweeper.sweeper import cores
+from hydra_plugins.optuna_pruning_sweeper.workers import cores
 from sweeper.device import autocast_dtype
 from sweeper.trial import storage
 from tests.conftest import CONF, runs_of
@@ -457,10 +457,10 @@ def test_a_workers_main_process_dying_stops_it_once(tmp_path, monkeypatch):
     each one the worker passes to; a Ctrl-C reaches every process of the sweep, whose main process
     then ends its workers too. The first stop fails the trial, the others wait or are ignored (the
     second SIGTERM ended a worker before it had failed its trial, which stayed RUNNING)."""
-    from hydra_plugins.optuna_pruning_sweeper import sweeper as plugin
+    from hydra_plugins.optuna_pruning_sweeper import signals
 
-    monkeypatch.setattr(plugin, "_stops", plugin._Stops())
-    told = plugin.tell
+    monkeypatch.setattr(signals, "stops", signals.Stops())
+    told = signals.tell
 
     def tell(*args, **kwargs):
         signal.raise_signal(signal.SIGUSR1)  # the main process's next thread ends
@@ -471,12 +471,12 @@ def test_a_workers_main_process_dying_stops_it_once(tmp_path, monkeypatch):
         signal.raise_signal(signal.SIGUSR1)  # the main process died
         raise AssertionError("the worker went on")
 
-    monkeypatch.setattr(plugin, "tell", tell)
+    monkeypatch.setattr(signals, "tell", tell)
     swept, study, trial = _one_trial_sweeper(tmp_path, launch)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
-        plugin._stops.install()
-        plugin._stops.watch_parent(signal.SIGUSR1)
+        signals.stops.install()
+        signals.stops.watch_parent(signal.SIGUSR1)
         with pytest.raises(KeyboardInterrupt, match="SIGUSR1"):
             swept._run_trial(study, trial, [], None)
         try:
@@ -952,17 +952,17 @@ def test_a_trial_that_finished_its_epochs_is_not_pruned(tmp_path):
 
 
 def test_local_workers_share_the_cores_out(monkeypatch):
-    from hydra_plugins.optuna_pruning_sweeper.sweeper import _threads_per_worker
+    from hydra_plugins.optuna_pruning_sweeper.workers import threads_per_worker
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert [_threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [None, 4, 2, 1, 1]
+    assert [threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [None, 4, 2, 1, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
-    assert _threads_per_worker(2) is None
+    assert threads_per_worker(2) is None
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: all the CPUs
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
-    assert _threads_per_worker(2) == 3
+    assert threads_per_worker(2) == 3
 
 
 def test_parameter_importances_are_drawn_only_from_two_complete_trials(tmp_path):

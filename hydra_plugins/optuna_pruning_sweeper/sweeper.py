@@ -6,36 +6,35 @@ job's results.json, and tell Optuna COMPLETE, PRUNED or FAIL. The job reports pe
 accuracy to the same study (sweeper/trial.py), so pruning works in any process. n_jobs > 1 starts
 n_jobs - 1 more worker processes on the same study: each asks for a new trial as soon as its last
 one ends, with no batch barrier. Search-space parsing and samplers are the official plugin's.
+
+The search space and a study's recipe are checked in searchspace.py, stops (Ctrl-C, SIGTERM) held
+and raised in signals.py, helper workers started in workers.py, the shared study kept in study.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import logging
 import math
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from omegaconf import DictConfig, OmegaConf, read_write
 
 import hydra_plugins.optuna_pruning_sweeper.config  # noqa: F401  (registers hydra/sweeper)
+from hydra_plugins.optuna_pruning_sweeper import searchspace, signals, workers
 from hydra_plugins.optuna_pruning_sweeper.study import (
     count_failures,
     fail_stale_trials,
@@ -136,52 +135,10 @@ class OptunaPruningSweeper(Sweeper):
     # -- set-up ------------------------------------------------------------------------------------
 
     def _search_space(self, arguments: list[str]):
-        lines = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
-        try:
-            parsed = OverridesParser.create().parse_overrides(lines)
-            last = {o.get_key_element(): line for o, line in zip(parsed, lines)}  # later lines win
-            lines = list(last.values())
-            space, fixed, fixed_overrides = create_params_from_overrides(lines)
-        except Exception as e:  # the override grammar's own errors, or Optuna's (low > high)
-            where = next((line for line in lines if not _parses(line)), "hydra.sweeper.params")
-            raise ConfigError(f"{where} cannot be parsed: {e}") from None
-        for name in fixed:
-            space.pop(name, None)
-        if not space:
-            raise ConfigError("hydra.sweeper.params is empty: give at least one key a range, "
-                             "e.g. optimizer.lr=tag(log,interval(0.01,1))")
-        fixed_lines = [f"{k}={v}" for k, v in fixed.items()] + fixed_overrides
+        space, fixed_lines, lines = searchspace.parse(self.params, arguments)
         job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, fixed_lines)
         return space, fixed_lines, job_cfg, lines
 
-    def _check_space(self, space: dict, shared: DictConfig, lines: list[str]) -> None:
-        """Every searched key exists, and every value the space can propose at its ends (each
-        choice, the low and high ends of a range or interval) passes the config's checks, so a
-        sweep does not fill its study with trials that fail at once."""
-        from sweeper.config import validate
-
-        validate(shared)  # the settings every trial shares first: their own message
-        given = {line.split("=", 1)[0]: line for line in lines}
-        for name, dist in space.items():
-            key, shown = name.lstrip("+"), given.get(name, name)
-            if not name.startswith("+") and OmegaConf.select(shared, key, default=_MISSING) is _MISSING:
-                raise ConfigError(f"hydra.sweeper.params key '{name}' does not exist in the config")
-            if self._is_grid() and not isinstance(dist, optuna.distributions.CategoricalDistribution) \
-                    and not (isinstance(dist, optuna.distributions.IntDistribution) or dist.step):
-                raise ConfigError(f"{shown} is continuous: the grid sampler needs "
-                                  f"choice(...) or range(...) values")
-            if name.startswith("+"):
-                continue
-            for value in _ends(dist):
-                cfg = shared.copy()
-                try:
-                    OmegaConf.update(cfg, key, value, merge=False)
-                    validate(cfg)
-                except ConfigError as e:
-                    raise ConfigError(f"{shown} can propose {value}: {e}") from None
-                except Exception as e:  # the schema refuses the value's type
-                    raise ConfigError(f"{shown} can propose {value}, which "
-                                      f"{key} cannot hold ({str(e).splitlines()[0]})") from None
 
     def _resolve_max_resource(self, space: dict, shared: DictConfig) -> list[str]:
         """Hyperband's max_resource=null is the epochs of a full trial, trainer.epochs: set here and
@@ -287,67 +244,6 @@ class OptunaPruningSweeper(Sweeper):
                               "checkpoints, and the sweep resumes when the same command runs again")
         preflight_job(job_cfg, self.config)
 
-    def _check_recipe(self, study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
-        """A study holds trials of one recipe: the settings every trial shares, and which keys it
-        searches. The first run that gets past its checks records them (`_record_recipe`); a later
-        run of the same study with other settings, or searching other keys, is refused."""
-        recipe = _recipe(job_cfg, space)
-        stored = study.user_attrs.get("recipe") or recipe
-        differ = sorted(k for k in set(stored) | set(recipe) if stored.get(k) != recipe.get(k))
-        if differ:
-            searched = {k for t in study.get_trials(deepcopy=False) for k in t.distributions}
-
-            def setting(values: dict, key: str, searching) -> str:
-                if key in values:
-                    return f"{key}={values[key]}"
-                return f"{key} searched" if key in searching else f"no {key}"
-
-            then = ", ".join(setting(stored, k, searched) for k in differ[:3])
-            now = ", ".join(setting(recipe, k, space) for k in differ[:3])
-            raise ConfigError(f"study '{self.study_name}' was run with {then}; this command has "
-                             f"{now}: run it with the study's settings, or start a new study with "
-                             f"hydra.sweeper.study_name=<another name>")
-        beat = study.user_attrs.get("heartbeat_s", self.heartbeat_s)
-        if beat != self.heartbeat_s:  # each worker fails others' trials after 3 of its own beats
-            raise ConfigError(
-                f"study '{self.study_name}' runs with hydra.sweeper.heartbeat_s={beat}; this command "
-                f"has {self.heartbeat_s}: every worker fails a trial that missed 3 of its own beats, "
-                f"so all of them need the same; use hydra.sweeper.heartbeat_s={beat}")
-        searched_before = study.user_attrs.get("searched")
-        if searched_before is None:  # recorded since; older studies: what their trials searched
-            searched_before = sorted({k for t in study.get_trials(deepcopy=False)
-                                      for k in t.distributions}) or None
-        if searched_before is not None and sorted(space) != searched_before:
-            raise ConfigError(f"study '{self.study_name}' searches {', '.join(searched_before)}; "
-                             f"this command searches {', '.join(sorted(space))}: run it with the "
-                             f"study's search space, or start a new study with "
-                             f"hydra.sweeper.study_name=<another name>")
-        trials = study.get_trials(deepcopy=False)[::-1]  # read once: the latest first
-        for key, dist in space.items():  # what Optuna refuses only once a trial is created
-            before = next((t.distributions[key] for t in trials if key in t.distributions), None)
-            if before is not None and not _compatible(before, dist):
-                [then], [now] = _ranges({key: before}).values(), _ranges({key: dist}).values()
-                raise ConfigError(
-                    f"study '{self.study_name}' searched {key} in {then}; this command searches it "
-                    f"in {now}, which Optuna cannot add to the same study ({_incompatibility(before)}"
-                    f"): search it as before, or start a new study with "
-                    f"hydra.sweeper.study_name=<another name>")
-        ranges, ranges_before = _ranges(space), study.user_attrs.get("ranges") or {}
-        if changed := [k for k in sorted(ranges) if ranges_before.get(k, ranges[k]) != ranges[k]]:
-            log.warning("study '%s' searched %s; this run searches %s: new trials come from the new "
-                        "ranges, and the earlier trials stay in the study", self.study_name,
-                        ", ".join(f"{k} in {ranges_before[k]}" for k in changed),
-                        ", ".join(f"{k} in {ranges[k]}" for k in changed))
-
-    def _record_recipe(self, study: optuna.Study, job_cfg: DictConfig, space: dict) -> None:
-        if study.user_attrs.get("recipe") is None:
-            study.set_user_attr("recipe", _recipe(job_cfg, space))
-        if study.user_attrs.get("searched") is None:
-            study.set_user_attr("searched", sorted(space))
-        if study.user_attrs.get("heartbeat_s") is None:
-            study.set_user_attr("heartbeat_s", self.heartbeat_s)
-        if study.user_attrs.get("ranges") != (ranges := _ranges(space)):  # the latest, for the next
-            study.set_user_attr("ranges", ranges)
 
     def _drop_if_unused(self, study: optuna.Study) -> None:
         """A refused sweep leaves no study behind: one this process created is deleted while no
@@ -393,8 +289,8 @@ class OptunaPruningSweeper(Sweeper):
                 ("direction", self.directions if len(self.directions) > 1 else self.directions[0],
                  all(str(d).lower() in ("maximize", "minimize") for d in self.directions),
                  "maximize or minimize, or a list of them, one per objective"),
-                ("objectives", self.objectives, all(o in OBJECTIVES for o in self.objectives),
-                 "keys of results.json: " + ", ".join(OBJECTIVES)
+                ("objectives", self.objectives, all(o in searchspace.OBJECTIVES for o in self.objectives),
+                 "keys of results.json: " + ", ".join(searchspace.OBJECTIVES)
                  + " (not test/acc: the test set is reported, never optimized)"),
                 ("pruner.name", pruner.name, pruner.name in PRUNERS,
                  "allowed values are " + ", ".join(PRUNERS)),
@@ -421,19 +317,19 @@ class OptunaPruningSweeper(Sweeper):
         self._check_settings()
         space, fixed_lines, job_cfg, lines = self._search_space(arguments)
         shared = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"])  # no hydra
-        self._check_space(space, shared, lines)
+        searchspace.check_space(space, shared, lines, self._is_grid())
         fixed_lines += self._resolve_max_resource(space, shared)
-        _refuse_overlaps(space, fixed_lines, job_cfg.hydra.runtime.choices)
-        self._preflight(_proposable(shared, space))
+        searchspace.refuse_overlaps(space, fixed_lines, job_cfg.hydra.runtime.choices)
+        self._preflight(searchspace.proposable(shared, space))
         if self.study_name is None:
             fixed_lines.append(self._name_study(lines))
         study = self._open_study(space)
-        self._check_recipe(study, shared, space)
+        searchspace.check_recipe(study, shared, space, self.heartbeat_s)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         worker = os.environ.get("SWEEPER_WORKER") is not None
-        _stops.install()
+        signals.stops.install()
         if worker:
-            _die_with_parent()
+            workers.die_with_parent()
         with study_lock(self.storage):  # workers starting together: one parent run, not two
             new_dir = not sweep_dir.exists()
             try:
@@ -448,7 +344,8 @@ class OptunaPruningSweeper(Sweeper):
                     with contextlib.suppress(OSError):
                         sweep_dir.rmdir()  # only if still empty
                 raise
-            self._record_recipe(study, shared, space)  # past every check: the study is this one's
+            # past every check: the study is this one's
+            searchspace.record_recipe(study, shared, space, self.heartbeat_s)
         self._fixed_lines = fixed_lines
         done = len(study.trials)
         log.info("%s %s in %s: %s; sampler %s, pruner %s",
@@ -460,7 +357,7 @@ class OptunaPruningSweeper(Sweeper):
             log.warning("hydra.sweeper.pruner.name=%s has no effect: Optuna prunes studies of one "
                         "objective only, and this one has %d", self.pruner_cfg.name,
                         len(self.directions))
-        threads = _threads_per_worker(1 if worker or not jobs_run_here(self.config) else self.n_jobs)
+        threads = workers.threads_per_worker(1 if worker or not jobs_run_here(self.config) else self.n_jobs)
         if threads is not None:
             import torch
 
@@ -468,7 +365,7 @@ class OptunaPruningSweeper(Sweeper):
             os.environ["OMP_NUM_THREADS"] = str(threads)  # for the workers' and submitit's jobs
             log.info("n_jobs=%d: %d CPU thread(s) per worker, the cores shared out (set "
                      "OMP_NUM_THREADS to choose)", self.n_jobs, threads)
-        helpers = [] if worker else self._start_workers(sweep_dir, parent)
+        helpers = [] if worker else workers.start_helpers(self.n_jobs, self.study_name, sweep_dir, parent)
         allowed_failures = math.floor(self.max_failure_rate * self.n_trials)
         failed_before = count_failures(study)  # an earlier run's failures, fixed since: not counted
         try:
@@ -489,7 +386,7 @@ class OptunaPruningSweeper(Sweeper):
                 self._wait_for_other_workers(study, parent)
         except BaseException as e:
             for proc in helpers:  # the signal of this process's death, which a worker takes once:
-                proc.send_signal(_PARENT_GONE)  # one stopping already (Ctrl-C) fails its trial
+                proc.send_signal(workers.PARENT_GONE)  # one stopping already (Ctrl-C) fails its trial
             try:
                 sweep_report.close_parent(parent, e, study)
             except Exception as err:  # a tracking server that stopped answering: say the first
@@ -547,8 +444,8 @@ class OptunaPruningSweeper(Sweeper):
                 return None
             if self._reseed_each_ask():
                 study.sampler = self._sampler(n, space)
-            _stops.install()
-            _stops.hold()  # a stop from here on is raised in _run_trial, which fails the trial
+            signals.stops.install()
+            signals.stops.hold()  # a stop from here on is raised in _run_trial, which fails the trial
             try:
                 with _quiet():
                     trial = study.ask(space)
@@ -557,7 +454,7 @@ class OptunaPruningSweeper(Sweeper):
                     trial.set_user_attr("heartbeat_s", self.heartbeat_s)
                     study._storage.record_heartbeat(trial._trial_id)
             except BaseException:
-                _stops.release()
+                signals.stops.release()
                 raise
             return trial
 
@@ -565,7 +462,7 @@ class OptunaPruningSweeper(Sweeper):
                    parent) -> None:
         self._running = trial.number
         try:
-            _stops.release()  # a Ctrl-C that came while the trial was asked for: raised here
+            signals.stops.release()  # a Ctrl-C that came while the trial was asked for: raised here
             done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                         TrialState.PRUNED))]
             same = next((t for t in done if t.params == trial.params), None)
@@ -577,18 +474,18 @@ class OptunaPruningSweeper(Sweeper):
                     overrides.append(f"tracking.parent_run_id={parent.run_id}")
                 log.info("Trial %d: %s", trial.number,
                          " ".join(f"{k}={v}" for k, v in trial.params.items()))
-                stops = _stops.raised
+                raised = signals.stops.raised
                 try:
                     with heartbeat(study, trial, self.heartbeat_s if self._heartbeats() else 0):
                         [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
                 except Exception as e:  # a cluster's job lost (killed, out of memory, preempted)
-                    if _stops.raised > stops or _stopped_by(e):  # a stop Hydra or OmegaConf
+                    if signals.stops.raised > raised or signals.stopped_by(e):  # a stop Hydra or OmegaConf
                         raise KeyboardInterrupt("stopped") from e  # wrapped (job composition)
                     ret, lost_job = None, e
                 else:
                     lost_job = None
-                _stops.install()  # the job set its own handler for SIGTERM
-                _stops.hold()  # a stop from here on is raised once the outcome is recorded
+                signals.stops.install()  # the job set its own handler for SIGTERM
+                signals.stops.hold()  # a stop from here on is raised once the outcome is recorded
                 if lost_job is None:
                     self._record_outcome(study, trial, ret)
                 else:  # a failed trial, counted as one: the sweep goes on to max_failure_rate
@@ -597,7 +494,7 @@ class OptunaPruningSweeper(Sweeper):
                     tell(study, trial, state=TrialState.FAIL)
                     log.warning("Trial %d: FAIL (%s)", trial.number, reason)
             else:  # never train a configuration twice: reuse its outcome
-                _stops.hold()
+                signals.stops.hold()
                 set_attr(trial, "duplicate_of", same.number)
                 log.info("Trial %d repeats trial %d %s: reusing its outcome", trial.number,
                          same.number, trial.params)
@@ -606,9 +503,9 @@ class OptunaPruningSweeper(Sweeper):
                      state=same.state)
             self._running = None
         except BaseException as e:
-            _fail_stopped(study, trial, e)
+            signals.fail_stopped(study, trial, e)
             raise  # with self._running still set: the message says the trial is FAIL
-        _stops.release()  # a stop that came while the outcome was recorded: the sweep ends here
+        signals.stops.release()  # a stop that came while the outcome was recorded: the sweep ends here
 
     def _record_outcome(self, study: optuna.Study, trial: optuna.Trial, ret) -> None:
         results = sweep_report.results_of(ret)  # read once: the outcome and where it ran
@@ -639,254 +536,3 @@ class OptunaPruningSweeper(Sweeper):
                         "precision=auto resolves per machine): their speeds differ, and their "
                         "accuracies may; set trainer.precision to compare like with like",
                         trial.number, precision, ", ".join(sorted(others)))
-
-    def _start_workers(self, sweep_dir: Path, parent) -> list[subprocess.Popen]:
-        """n_jobs - 1 more processes running this same command on the same study and sweep dir."""
-        argv = [a for a in sys.orig_argv[1:]]
-        extra = [f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.study_name={self.study_name}",
-                 "hydra.sweeper.n_jobs=1"]
-        env = {**os.environ, "SWEEPER_WORKER": "1", "SWEEPER_PARENT_PID": str(os.getpid())}
-        if parent is not None:
-            env["SWEEPER_PARENT_RUN_ID"] = parent.run_id
-        procs = []
-        for i in range(1, self.n_jobs):
-            out = open(sweep_dir / f"worker-{i}.log", "a")  # a resumed sweep keeps the old log
-            procs.append(subprocess.Popen([sys.executable, *argv, *extra], env=env, stdout=out,
-                                          stderr=subprocess.STDOUT))
-        return procs
-
-
-_MISSING = object()
-
-
-def _refuse_overlaps(space: dict, fixed_lines: list[str], groups: DictConfig) -> None:
-    """A fixed value that holds a searched key (model.blocks=[3,3,3,3] with model.blocks.0
-    searched), or lies inside one, would be applied over each trial's value: every trial would
-    train what the fixed value says while the study records what Optuna proposed."""
-    for line in fixed_lines:
-        key = line.split("=", 1)[0].lstrip("+~")
-        if key in groups:  # a group's option (model=tiny): searched values are applied over it
-            continue
-        for name in space:
-            searched = name.lstrip("+")
-            if searched.startswith(key + ".") or key.startswith(searched + "."):
-                raise ConfigError(f"{line} overlaps {searched}, which this sweep searches: each "
-                                  f"trial would train the fixed value, not the proposed one; drop "
-                                  f"{key} from the command line, or search it with a sweep preset "
-                                  f"of your own")
-
-
-# What a worker (n_jobs > 1) takes as its main process's death or stop: once, as Ctrl-C
-_PARENT_GONE = signal.SIGUSR1 if sys.platform.startswith("linux") else signal.SIGTERM
-
-
-def _die_with_parent() -> None:
-    """A worker started by a sweep's main process (n_jobs > 1) stops as with Ctrl-C, failing its
-    running trial, when that process dies, even by SIGKILL (Linux only). The kernel sends the
-    signal once for each of the dying process's threads the worker passes to (its heartbeat
-    thread, say): with SIGTERM, the second ended the worker at once, its trial left RUNNING; this
-    one, SIGUSR1, stops it once and is ignored after."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    _stops.watch_parent(_PARENT_GONE)
-    ctypes.CDLL(None, use_errno=True).prctl(1, _PARENT_GONE)  # 1: PR_SET_PDEATHSIG
-    if str(os.getppid()) != os.environ.get("SWEEPER_PARENT_PID", str(os.getppid())):
-        os.kill(os.getpid(), _PARENT_GONE)  # it died before the line above
-
-
-class _Stops:
-    """Ctrl-C, SIGTERM (from `kill` or a batch scheduler) and a worker's dying main process as
-    KeyboardInterrupt, except while a trial is asked for or its outcome recorded: then they wait
-    until the trial can be failed or is recorded, instead of leaving it RUNNING without a worker."""
-
-    def __init__(self) -> None:
-        self.holding, self.pending = False, None
-        self.parent_died: int | None = None  # the signal that says so, in a worker
-        self.raised = 0  # stops raised so far: one the code it landed in wrapped is still a stop
-
-    def install(self) -> None:  # again before each ask: a trial's job sets its own for SIGTERM
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    def watch_parent(self, signum: int) -> None:
-        self.parent_died = signum
-        signal.signal(signum, self._handle)
-
-    def hold(self) -> None:
-        self.holding = True
-
-    def release(self) -> None:
-        """Stop holding, and raise the stop that came meanwhile, if one did."""
-        self.holding = False
-        if self.pending is not None:
-            signum, self.pending = self.pending, None
-            self._raise(signum)
-
-    def drop(self) -> None:
-        """Stop holding, for a caller that is raising already: a stop that came meanwhile is
-        dropped, and the next one is raised again (a held Ctrl-C would otherwise be ignored)."""
-        self.holding, self.pending = False, None
-
-    def _handle(self, signum, frame) -> None:
-        if self.holding:
-            self.pending = signum
-        else:
-            self._raise(signum)
-
-    def _raise(self, signum) -> None:
-        self.raised += 1
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second one ends the process
-        if self.parent_died is not None:  # stopping already: the main process's death (again, or
-            signal.signal(self.parent_died, signal.SIG_IGN)  # after its Ctrl-C) is no new stop
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-_stops = _Stops()
-
-
-def _fail_stopped(study: optuna.Study, trial: optuna.Trial, error: BaseException) -> None:
-    """Record `trial`, which `error` stopped, as FAIL (reason interrupted). Stops that come
-    meanwhile wait, and are dropped: one stop often brings more (Ctrl-C reaches every process of
-    the sweep, and its main process then ends its workers), and one that cut this short left the
-    trial RUNNING."""
-    _stops.install()  # the job may have set its own handler for SIGTERM
-    _stops.hold()
-    try:
-        _free_frames(error)
-        set_attr(trial, "reason", "interrupted")
-        tell(study, trial, state=TrialState.FAIL)
-    finally:
-        _stops.drop()
-
-
-def _stopped_by(error: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is among the causes of `error`."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _free_frames(error: BaseException) -> None:
-    """Let go of what the frames `error` passed through still hold. A stop that lands while the
-    job reads the study (Optuna's storage, SQLAlchemy) leaves that read's cursor in them, and with
-    it a read lock on an SQLite study (a transaction on PostgreSQL): this process's own write of
-    the trial's failure then waited out SQLite's busy timeout, failed, and left the trial RUNNING."""
-    seen, errors = set(), [error]
-    while errors:
-        error = errors.pop()
-        if error is not None and id(error) not in seen:
-            seen.add(id(error))
-            traceback.clear_frames(error.__traceback__)  # frames still running are kept
-            errors += [error.__cause__, error.__context__]
-    gc.collect()  # cursors and connections in reference cycles: closed now, not some time later
-
-
-def _threads_per_worker(n_jobs: int) -> int | None:
-    """Intra-op CPU threads for each of `n_jobs` workers on this machine: its cores shared out.
-
-    Each PyTorch process otherwise starts one thread per core, and OpenMP's threads spin while
-    they wait: on 2 cores, a 6-trial smoke sweep with n_jobs=2 took 57-127 s with 2 threads per
-    worker, 18 s with 1 (15.7 s with n_jobs=1). None (leave it to the library) for one worker,
-    or when the user chose with OMP_NUM_THREADS.
-    """
-    if n_jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
-        return None
-    return max(1, cores() // n_jobs)
-
-
-def cores() -> int:
-    """The CPUs this process may run on (all of them where the OS cannot say)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-# Numbers in a trial's results.json that a sweep may optimize (sweeper.engine.Result); never
-# test/acc, which a sweep that chose by it would no longer measure without bias.
-OBJECTIVES = ("val/acc", "n_params", "train_time_s", "images_per_s", "startup_s")
-# Settings that change how a trial runs or is recorded, not what it measures: a study's recipe
-# leaves them out, so a resumed sweep may change them.
-_NOT_RECIPE = ("hydra", "tracking", "trial", "data.root", "data.download", "trainer.device",
-               "trainer.compile", "trainer.channels_last", "trainer.eval_batch_size",
-               "trainer.log_every", "trainer.save_model", "trainer.checkpoint", "trainer.resume")
-
-
-def _recipe(job_cfg: DictConfig, space: dict) -> dict[str, str]:
-    """The settings every trial of the sweep shares, as {dotted key: value}: the job's config
-    without the searched keys and without what only changes how trials run (_NOT_RECIPE)."""
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if prefix in space or f"+{prefix}" in space or prefix in _NOT_RECIPE:
-            return
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        else:
-            out[prefix] = str(node)
-
-    kept = OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k not in _NOT_RECIPE])
-    walk(OmegaConf.to_container(kept, resolve=True), "")  # tracking may name hydra: not resolved
-    return out
-
-
-def _ranges(space: dict) -> dict[str, str]:
-    """Each searched key's values as a person reads them: [0.01, 1] log, {16, 32, 64}, 1..6."""
-    out = {}
-    for key, dist in space.items():
-        if isinstance(dist, optuna.distributions.CategoricalDistribution):
-            out[key] = "{" + ", ".join(map(str, dist.choices)) + "}"
-        elif isinstance(dist, optuna.distributions.IntDistribution) and not dist.log:
-            out[key] = f"{dist.low}..{dist.high}" + (f" step {dist.step}" if dist.step != 1 else "")
-        else:
-            out[key] = f"[{dist.low:g}, {dist.high:g}]" + (" log" if dist.log else "") + (
-                f" step {dist.step:g}" if dist.step else "")
-    return out
-
-
-def _compatible(before, now) -> bool:
-    """Whether a study whose trials searched a key with `before` can take trials of `now`: the
-    same kind (ints, floats, choices), the same log scale, the same choices (Optuna's rule)."""
-    if type(before) is not type(now):
-        return False
-    if isinstance(before, optuna.distributions.CategoricalDistribution):
-        return before.choices == now.choices
-    return before.log == now.log
-
-
-def _incompatibility(before) -> str:
-    if isinstance(before, optuna.distributions.CategoricalDistribution):
-        return "choices, once searched, stay the same"
-    return "a range keeps its kind, ints or floats, and its scale, log or not"
-
-
-def _ends(dist) -> tuple:
-    """The values a distribution can propose at its ends: each choice, or the low and high ends."""
-    if isinstance(dist, optuna.distributions.CategoricalDistribution):
-        return tuple(dist.choices)
-    return dist.low, dist.high
-
-
-def _parses(line: str) -> bool:
-    """Whether one search-space line parses into a distribution on its own."""
-    try:
-        OverridesParser.create().parse_overrides([line])
-        create_params_from_overrides([line])
-    except Exception:
-        return False
-    return True
-
-
-def _proposable(shared: DictConfig, space: dict) -> DictConfig:
-    """`shared` with each searched key set to a value its range can propose: the checks made once
-    for every trial then see a configuration a trial can have, not the preset's own value."""
-    cfg = shared.copy()
-    for name, dist in space.items():
-        if not name.startswith("+"):
-            with contextlib.suppress(Exception):  # an absent key or a wrong type: said later
-                OmegaConf.update(cfg, name, _ends(dist)[0], merge=False)
-    return cfg
